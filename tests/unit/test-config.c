@@ -1,0 +1,563 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+/*
+ * Tests of config.c: the documented example file, the built-in defaults,
+ * one case per validation rule (each checking the exact FILE:LINE of the
+ * message, with the configuration written to a real file), sender group
+ * matching and route/destination lookups.
+ */
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "build-config.h"
+#include "config.h"
+#include "tap.h"
+#include "util/macro.h"
+
+static void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
+
+static char tmpdir[] = "/tmp/test-config-XXXXXX";
+static unsigned n_files;
+
+static char *write_conf(const char *text) {
+        char *path;
+        FILE *f;
+
+        if (asprintf(&path, "%s/t%u.conf", tmpdir, ++n_files) < 0)
+                abort();
+        f = fopen(path, "we");
+        if (!f)
+                abort();
+        fputs(text, f);
+        if (fclose(f) != 0)
+                abort();
+        return path;
+}
+
+/* Loads text from a fresh file and expects -EINVAL with a message line
+ * "PATH:LINE: what" (line 0: "PATH: what"). */
+static void expect_error_at(const char *text, unsigned line, const char *what, const char *name) {
+        _cleanup_free_ char *path = NULL, *err = NULL, *want = NULL;
+        Config *c = NULL;
+        int r;
+
+        path = write_conf(text);
+        if (line > 0)
+                r = asprintf(&want, "%s:%u: %s", path, line, what);
+        else
+                r = asprintf(&want, "%s: %s", path, what);
+        if (r < 0)
+                abort();
+
+        r = config_load(path, &c, &err);
+        if (r != -EINVAL || !err || !strstr(err, want))
+                printf("# r=%d, message:\n# %s\n# wanted: %s\n", r, err ?: "(none)", want);
+        ok(r == -EINVAL && c == NULL && err && strstr(err, want), "%s", name);
+        config_unref(c);
+}
+
+static Config *load_ok(const char *text, const char *name) {
+        _cleanup_free_ char *path = NULL, *err = NULL;
+        Config *c = NULL;
+        int r;
+
+        path = write_conf(text);
+        r = config_load(path, &c, &err);
+        if (r < 0)
+                printf("# %s\n", err ?: strerror(-r));
+        ok(r == 0 && c, "%s", name);
+        return c;
+}
+
+/* A valid base: listener and policy on fixed lines so cases can append. */
+#define BASE_LISTENER \
+        "listeners = ( { name = \"inbound\"; address = \"127.0.0.1\"; port = 2525; default_policy = \"P\"; } );\n"
+#define BASE_POLICY \
+        "policies = ( { name = \"P\"; action = \"accept\"; } );\n"
+#define BASE BASE_LISTENER BASE_POLICY          /* lines 1-2 */
+
+static void test_enums(void) {
+        is_str(policy_action_to_string(POLICY_TCP_REFUSE), "tcp-refuse", "policy action to string");
+        is_int(policy_action_from_string("relay"), POLICY_RELAY, "policy action from string");
+        is_int(policy_action_from_string("Relay"), -EINVAL, "policy action is case-sensitive");
+        ok(policy_action_to_string(_POLICY_ACTION_MAX) == NULL, "policy action out of range");
+        is_int(tls_inbound_from_string("required-verify"), TLS_IN_REQUIRED_VERIFY, "tls inbound from string");
+        is_str(tls_inbound_to_string(TLS_IN_OFF), "off", "tls inbound to string");
+        is_int(tls_inbound_from_string("none"), -EINVAL, "\"none\" is outbound only");
+        is_int(tls_outbound_from_string("none"), TLS_OUT_NONE, "tls outbound from string");
+        is_str(tls_outbound_to_string(TLS_OUT_PREFERRED_VERIFY), "preferred-verify", "tls outbound to string");
+        is_int(tls_outbound_from_string(NULL), -EINVAL, "NULL is invalid");
+        is_str(route_kind_to_string(ROUTE_MAILDIR), "maildir", "route kind to string");
+        is_int(route_kind_from_string("smtp"), ROUTE_SMTP, "route kind from string");
+}
+
+static void test_example(void) {
+        _cleanup_free_ char *path = NULL, *err = NULL;
+        const char *root = getenv("TLSGW_SOURCE_ROOT");
+        const ListenerConfig *l;
+        const DestinationConfig *d;
+        const RouteConfig *rt;
+        Config *c = NULL;
+        int r;
+
+        if (!root) {
+                tap_skip("example configuration", "TLSGW_SOURCE_ROOT not set (run through meson test)");
+                return;
+        }
+        if (asprintf(&path, "%s/docs/tlsgw.conf.example", root) < 0)
+                abort();
+
+        r = config_load(path, &c, &err);
+        if (r < 0)
+                printf("# %s\n", err ?: strerror(-r));
+        ok(r == 0 && c, "docs/tlsgw.conf.example loads");
+        if (!c)
+                return;
+
+        is_str(c->hostname, "mx.example.com", "example: hostname");
+        is_str(c->state_dir, "/var/lib/tlsgw", "example: state_directory");
+        is_str(c->path, path, "example: path kept");
+        is_int(c->workers, 0, "example: workers");
+        is_int(c->shutdown_timeout, 30 * USEC_PER_SEC, "example: shutdown_timeout");
+        is_str(c->dns_servers ? c->dns_servers[0] : NULL, "127.0.0.1:5353", "example: dns server");
+        is_str(c->alert_recipients ? c->alert_recipients[0] : NULL, "postmaster@example.com", "example: alert recipient");
+
+        is_int(c->n_listeners, 2, "example: two listeners");
+        l = config_find_listener(c, "inbound");
+        ok(l && l->port == 25 && streq(l->address, "0.0.0.0"), "example: inbound 0.0.0.0:25");
+        ok(l && l->limits.max_message_size == 10 * 1024 * 1024, "example: max_message_size \"10M\"");
+        ok(l && l->limits.idle_timeout == 300 * USEC_PER_SEC, "example: idle_timeout \"5m\"");
+        ok(l && l->default_policy && streq(l->default_policy->name, "ACCEPTED"), "example: default policy resolved");
+        ok(l && l->tls == TLS_IN_PREFERRED && l->ktls && streq(l->certificate, "mx"), "example: tls settings");
+        l = config_find_listener(c, "submission-lo");
+        ok(l && streq(l->hostname, "mx.example.com"), "example: listener hostname defaults to top-level");
+        ok(l && listener_accepts_domain(l, "LOCALHOST"), "example: accepted domain, case-insensitive");
+
+        is_int(c->n_policies, 5, "example: five policies");
+        is_int(c->n_sender_groups, 3, "example: three sender groups");
+        ok(c->n_sender_groups == 3 && c->sender_groups[1].policy &&
+           c->sender_groups[1].policy->action == POLICY_REJECT, "example: BLOCKLIST -> reject");
+
+        rt = config_find_route(c, "example.com");
+        ok(rt && rt->kind == ROUTE_SMTP && rt->n_hosts == 3, "example: example.com route has three hosts");
+        if (rt && rt->n_hosts == 3) {
+                ok(streq(rt->hosts[0].host, "10.1.1.1") && rt->hosts[0].port == 25, "example: host 10.1.1.1:25");
+                ok(streq(rt->hosts[1].host, "2001:db8::1") && rt->hosts[1].port == 2525, "example: host [2001:db8::1]:2525");
+                ok(streq(rt->hosts[2].host, "mail2.example.com") && rt->hosts[2].port == 25, "example: host without port gets 25");
+        }
+        rt = config_find_route(c, "localhost");
+        ok(rt && rt->kind == ROUTE_MAILDIR && streq(rt->directory, "/var/lib/tlsgw/mail"), "example: maildir route");
+        rt = config_find_route(c, "elsewhere.example");
+        ok(rt && streq(rt->domain, "*"), "example: other domains take the \"*\" route");
+
+        ok(c->n_destinations == 2 && streq(c->destinations[0].domain, "default"), "example: default destination first");
+        d = config_find_destination(c, "partner.example");
+        ok(d && d->tls == TLS_OUT_REQUIRED_VERIFY, "example: partner.example tls");
+        ok(d && d->max_connections == 20 && d->max_messages_per_connection == 50, "example: partner.example inherits from default");
+
+        is_int(c->queue.retry_min, 60 * USEC_PER_SEC, "example: queue retry_min");
+        is_int(c->queue.lifetime, 5 * 86400 * USEC_PER_SEC, "example: queue lifetime");
+        is_int(c->queue.data_timeout, 600 * USEC_PER_SEC, "example: queue data_timeout");
+
+        config_unref(c);
+}
+
+static void test_defaults(void) {
+        const ListenerConfig *l;
+        const SenderGroup *sg;
+        struct sockaddr_in sin = { .sin_family = AF_INET };
+        Config *c = NULL;
+        int r;
+
+        r = config_new_default("/srv/gw", &c);
+        ok(r == 0 && c, "config_new_default");
+        if (!c)
+                return;
+        ok(!isempty(c->hostname), "default: hostname from gethostname (%s)", c->hostname);
+        is_str(c->state_dir, "/srv/gw", "default: state dir");
+        ok(c->path == NULL, "default: no path");
+        l = config_find_listener(c, "inbound");
+        ok(l && streq(l->address, "127.0.0.1") && l->port == 2525, "default: listener inbound 127.0.0.1:2525");
+        ok(l && listener_accepts_domain(l, "localhost") && !listener_accepts_domain(l, "example.com"),
+           "default: accepts only localhost");
+        ok(l && l->default_policy && l->default_policy->action == POLICY_ACCEPT, "default: default policy ACCEPTED");
+        ok(l && l->limits.max_line == SMTP_LINE_MAX_DEFAULT && l->limits.max_recipients == SMTP_RCPT_MAX_DEFAULT &&
+           l->limits.max_message_size == SMTP_MESSAGE_SIZE_DEFAULT && l->limits.max_errors == SMTP_ERRORS_MAX_DEFAULT &&
+           l->limits.idle_timeout == SMTP_IDLE_TIMEOUT_DEFAULT && l->limits.data_timeout == SMTP_DATA_TIMEOUT_DEFAULT &&
+           l->max_connections == LISTENER_CONNECTIONS_MAX_DEFAULT &&
+           l->max_connections_per_ip == LISTENER_CONNECTIONS_PER_IP_DEFAULT, "default: listener limits");
+
+        inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin);
+        ok(sg && streq(sg->name, "RELAYLIST") && sg->policy && sg->policy->action == POLICY_ACCEPT,
+           "default: loopback is RELAYLIST but only ACCEPTED");
+        ok(config_find_route(c, "localhost") && config_find_route(c, "localhost")->kind == ROUTE_MAILDIR &&
+           streq(config_find_route(c, "localhost")->directory, "/srv/gw/mail"), "default: localhost -> maildir");
+        ok(config_find_route(c, "example.com") == NULL, "default: no smarthost");
+        ok(c->n_destinations == 1 && streq(c->destinations[0].domain, "default") &&
+           c->destinations[0].max_connections == 20 && c->destinations[0].max_messages_per_connection == 50 &&
+           c->destinations[0].max_recipients_per_message == 100 && c->destinations[0].tls == TLS_OUT_PREFERRED,
+           "default: destination \"default\"");
+        ok(c->queue.retry_min == 60 * USEC_PER_SEC && c->queue.retry_max == 3600 * USEC_PER_SEC &&
+           c->queue.connect_timeout == 30 * USEC_PER_SEC && c->queue.command_timeout == 300 * USEC_PER_SEC &&
+           c->queue.smtp_port == 25 && c->queue.max_connections == 200, "default: queue");
+
+        /* Validation also guards hand-built configurations. */
+        {
+                _cleanup_free_ char *err = NULL;
+
+                c->listeners[0].port = 0;
+                r = config_validate(c, &err);
+                ok(r == -EINVAL && err && strstr(err, "<built-in>: listener 'inbound': port 0 out of range"),
+                   "validate refuses a hand-built listener on port 0");
+                c->listeners[0].port = 2525;
+        }
+        ok(config_ref(c) == c && c->n_ref == 2, "config_ref");
+        ok(config_unref(c) == NULL && c->n_ref == 1, "config_unref keeps a referenced config");
+        config_unref(c);
+
+        r = config_new_default(NULL, &c);
+        ok(r == 0 && c && streq(c->state_dir, TLSGW_STATE_DIR), "default: state dir from build (" TLSGW_STATE_DIR ")");
+        config_unref(c);
+}
+
+static void test_minimal(void) {
+        Config *c;
+
+        c = load_ok(BASE, "minimal file loads");
+        if (!c)
+                return;
+        ok(c->workers == 0 && c->shutdown_timeout == 30 * USEC_PER_SEC, "minimal: workers/shutdown defaults");
+        ok(c->listeners[0].tls == TLS_IN_PREFERRED && c->listeners[0].ktls, "minimal: listener tls defaults");
+        ok(c->listeners[0].accepted_domains && !c->listeners[0].accepted_domains[0], "minimal: empty accepted_domains vector");
+        ok(c->queue.lifetime == 5 * 86400 * USEC_PER_SEC && c->queue.data_timeout == 600 * USEC_PER_SEC,
+           "minimal: queue defaults");
+        ok(c->n_destinations == 1 && streq(c->destinations[0].domain, "default"), "minimal: default destination added");
+        ok(c->dns_servers == NULL, "minimal: no dns servers (use resolv.conf)");
+        config_unref(c);
+
+        c = load_ok(BASE
+                    "hostname = \"MX.Example.COM\";\n"
+                    "shutdown_timeout = 10;\n"
+                    "routes = ( { domain = \"EXAMPLE.org\"; hosts = [ \"Relay.Example.org\" ]; } );\n"
+                    "destinations = ( { domain = \"a.example\"; max_connections = 3; },\n"
+                    "                 { domain = \"default\"; max_connections = 7; tls = \"none\"; } );\n"
+                    "queue = { retry_min = 30; max_connections = 500L; };\n",
+                    "integers as seconds, mixed case, default destination last");
+        if (!c)
+                return;
+        is_str(c->hostname, "mx.example.com", "hostname lowercased");
+        is_int(c->shutdown_timeout, 10 * USEC_PER_SEC, "integer duration is seconds");
+        is_int(c->queue.retry_min, 30 * USEC_PER_SEC, "integer queue duration is seconds");
+        is_int(c->queue.max_connections, 500, "64-bit (L) integer accepted");
+        ok(c->n_routes == 1 && streq(c->routes[0].domain, "example.org") &&
+           streq(c->routes[0].hosts[0].host, "relay.example.org"), "route domain and host lowercased");
+        ok(c->n_destinations == 2 && streq(c->destinations[0].domain, "default") &&
+           c->destinations[0].max_connections == 7, "default destination moved to index 0");
+        ok(c->n_destinations == 2 && c->destinations[1].max_connections == 3 &&
+           c->destinations[1].tls == TLS_OUT_NONE, "other destination inherits unset keys from default");
+        config_unref(c);
+}
+
+static void test_errors(void) {
+        expect_error_at("listeners = (\n  { name = \"x\"\n", 3, "syntax error", "syntax error with line");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"0.0.0.0\";\n"
+                        "                port = 70000; default_policy = \"P\"; } );\n",
+                        3, "listener 'inbound': port 70000 out of range 1..65535", "port out of range");
+        expect_error_at(BASE "bogus = 1;\n", 3, "unknown key 'bogus'", "unknown top-level key");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25;\n"
+                        "  prot = 26; default_policy = \"P\"; } );\n",
+                        3, "listener 'inbound': unknown key 'prot'", "unknown listener key");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                        "  limits = {\n"
+                        "    max_lines = 2000; }; } );\n",
+                        4, "listener 'inbound': unknown key 'max_lines'", "unknown key in limits");
+        expect_error_at(BASE "queue = { retries = 3; };\n", 3, "queue: unknown key 'retries'", "unknown queue key");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = \"25\"; default_policy = \"P\"; } );\n",
+                        2, "listener 'inbound': 'port' must be an integer, not a string", "wrong type");
+        expect_error_at(BASE "workers = 2.5;\n", 3, "'workers' must be an integer, not a float", "float for integer");
+        expect_error_at(BASE "alert_recipients = (\n  \"a@example.com\", 1 );\n", 4,
+                        "'alert_recipients' element 2 must be a string, not an integer", "array element type");
+        expect_error_at(BASE_POLICY "listeners = { name = \"x\"; };\n", 2,
+                        "'listeners' must be a list of groups", "listeners not a list");
+        expect_error_at(BASE_POLICY
+                        "listeners = (\n"
+                        "  { name = \"a\"; address = \"127.0.0.1\"; port = 25; default_policy = \"P\"; },\n"
+                        "  { name = \"a\"; address = \"127.0.0.2\"; port = 25; default_policy = \"P\"; } );\n",
+                        4, "listener 'a': duplicate name, first defined on line 3", "duplicate listener name");
+        expect_error_at(BASE "policies2 = 1;\n", 3, "unknown key 'policies2'", "unknown key");
+        expect_error_at(BASE_LISTENER
+                        "policies = ( { name = \"P\"; action = \"accept\"; },\n"
+                        "             { name = \"P\"; action = \"relay\"; } );\n",
+                        3, "policy 'P': duplicate name, first defined on line 2", "duplicate policy name");
+        expect_error_at(BASE
+                        "sender_groups = ( { name = \"S\"; policy = \"P\"; sources = [ \"10.0.0.0/8\" ]; },\n"
+                        "                  { name = \"S\"; policy = \"P\"; sources = [ \"::1\" ]; } );\n",
+                        4, "sender group 'S': duplicate name, first defined on line 3", "duplicate sender group");
+        expect_error_at(BASE
+                        "routes = ( { domain = \"example.com\"; hosts = [ \"a.example.com\" ]; },\n"
+                        "           { domain = \"Example.COM\"; maildir = \"/m\"; } );\n",
+                        4, "route 'example.com': duplicate domain, first defined on line 3",
+                        "duplicate route domain (case-insensitive)");
+        expect_error_at(BASE
+                        "destinations = ( { domain = \"a.example\"; },\n"
+                        "                 { domain = \"a.example\"; tls = \"none\"; } );\n",
+                        4, "destination 'a.example': duplicate domain, first defined on line 3", "duplicate destination");
+        expect_error_at(BASE
+                        "sender_groups = ( { name = \"S\"; policy = \"NOPE\"; sources = [ \"10.0.0.0/8\" ]; } );\n",
+                        3, "sender group 'S': policy 'NOPE' is not a defined policy", "sender group names missing policy");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"MISSING\"; } );\n",
+                        2, "listener 'inbound': default_policy 'MISSING' is not a defined policy", "default_policy missing");
+        expect_error_at(BASE
+                        "sender_groups = ( { name = \"S\"; policy = \"P\";\n"
+                        "  sources = [ \"10.0.0.0/8\",\n"
+                        "              \"10.0.0.1/8\" ]; } );\n",
+                        5, "sender group 'S': invalid source \"10.0.0.1/8\"", "CIDR with host bits");
+        expect_error_at(BASE
+                        "sender_groups = ( { name = \"S\"; policy = \"P\"; sources = [ \"300.0.0.0/8\" ]; } );\n",
+                        3, "sender group 'S': invalid source \"300.0.0.0/8\"", "invalid CIDR");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                        "                accepted_domains = [ \"example.com\", \"bad_domain.example\" ]; } );\n",
+                        2, "listener 'inbound': accepted domain \"bad_domain.example\" is not a valid domain name",
+                        "invalid accepted domain");
+        expect_error_at(BASE
+                        "routes = ( { domain = \"-bad.example\"; hosts = [ \"a.example\" ]; } );\n",
+                        3, "route '-bad.example': domain \"-bad.example\" is not a valid domain name", "invalid route domain");
+        expect_error_at(BASE
+                        "destinations = ( { domain = \"x..example\"; } );\n",
+                        3, "destination 'x..example': domain \"x..example\" is not a valid domain name",
+                        "invalid destination domain");
+        expect_error_at(BASE "hostname = \"not a host\";\n", 3, "hostname \"not a host\" is not a valid domain name",
+                        "invalid hostname");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"mx.example.com\"; port = 25; default_policy = \"P\"; } );\n",
+                        2, "listener 'inbound': address \"mx.example.com\" is not a numeric IPv4 or IPv6 address",
+                        "listener address must be numeric");
+        expect_error_at(BASE_POLICY
+                        "listeners = (\n"
+                        "  { name = \"a\"; address = \"::1\"; port = 25; default_policy = \"P\"; },\n"
+                        "  { name = \"b\"; address = \"0:0::1\"; port = 25; default_policy = \"P\"; } );\n",
+                        4, "listener 'b': ::1 port 25 already used by listener 'a' (line 3)", "same address:port twice");
+        expect_error_at(BASE_POLICY "workers = 1;\n", 0, "no listeners defined", "listeners required");
+        expect_error_at(BASE_POLICY "listeners = ();\n", 0, "no listeners defined", "empty listener list");
+        expect_error_at(BASE "\nworkers =\n  4294967297;\n", 5, "integer 4294967297 does not fit in 32 bits",
+                        "wrapping integer literal refused");
+        expect_error_at(BASE "queue = { lifetime = -2147483649; };\n", 3, "integer -2147483649 does not fit",
+                        "wrapping negative literal refused");
+        expect_error_at(BASE "workers = -1;\n", 3, "workers -1 out of range 0..1024", "negative integer");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                        "                tls = \"maybe\"; } );\n",
+                        3, "listener 'inbound': tls \"maybe\" is not one of: off, preferred, required", "invalid tls enum");
+        expect_error_at(BASE_LISTENER "policies = ( { name = \"P\"; action = \"allow\"; } );\n",
+                        2, "policy 'P': action \"allow\" is not one of: accept, relay, reject, tcp-refuse", "invalid action");
+        expect_error_at(BASE "queue = {\n  retry_max = \"5x\"; };\n", 4, "queue: retry_max \"5x\" is not a duration",
+                        "invalid duration");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                        "                limits = { max_message_size = \"10Q\"; }; } );\n",
+                        3, "listener 'inbound': limits.max_message_size \"10Q\" is not a size", "invalid size");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                        "                limits = { max_line = 512; }; } );\n",
+                        3, "listener 'inbound': limits.max_line 512 out of range 1000..65536",
+                        "max_line below RFC 5321 minimum");
+        expect_error_at(BASE
+                        "routes = ( { domain = \"a.example\"; hosts = [ \"x.example\" ]; maildir = \"/m\"; } );\n",
+                        3, "route 'a.example': 'hosts' and 'maildir' exclude each other", "route with hosts and maildir");
+        expect_error_at(BASE "routes = ( { domain = \"a.example\"; } );\n",
+                        3, "route 'a.example': needs 'hosts'", "route without target");
+        expect_error_at(BASE "routes = ( { domain = \"a.example\"; hosts = [ \"x.example:0\" ]; } );\n",
+                        3, "route 'a.example': invalid host \"x.example:0\"", "route host with port 0");
+        expect_error_at(BASE "routes = ( { domain = \"a.example\"; maildir = \"relative/dir\"; } );\n",
+                        3, "route 'a.example': maildir \"relative/dir\" is not an absolute path", "relative maildir");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { address = \"::\"; port = 25; default_policy = \"P\"; } );\n",
+                        2, "listener #1: missing 'name'", "missing name");
+        expect_error_at(BASE_POLICY
+                        "listeners = ( { name = \"in:bound\"; address = \"::\"; port = 25; default_policy = \"P\"; } );\n",
+                        2, "listener 'in:bound': invalid name", "invalid name");
+        expect_error_at(BASE "queue = {\n  retry_min = \"2h\";\n  retry_max = \"1h\"; };\n", 3,
+                        "queue: retry_min 2h must not be 0 or longer than retry_max 1h", "retry_min above retry_max");
+        expect_error_at(BASE "dns_servers = [ \"127.0.0.1\",\n  \"dns.example\" ];\n", 4,
+                        "dns_servers entry (want IP or IP:PORT or [IPV6]:PORT) \"dns.example\" is not valid",
+                        "dns server must be numeric");
+        expect_error_at(BASE "alert_recipients = [ \"postmaster\" ];\n", 3,
+                        "alert_recipients entry (want local@domain) \"postmaster\" is not valid", "invalid alert recipient");
+        expect_error_at(BASE "state_directory = \"var/lib\";\n", 3, "state_directory \"var/lib\" is not an absolute path",
+                        "relative state directory");
+        expect_error_at(BASE "sender_groups = ( { name = \"S\"; policy = \"P\"; sources = []; } );\n", 3,
+                        "sender group 'S': 'sources' must list at least one", "empty sources");
+
+        /* Every problem is reported, not only the first. */
+        {
+                _cleanup_free_ char *path = NULL, *err = NULL, *w1 = NULL, *w2 = NULL;
+                Config *c = NULL;
+
+                path = write_conf(BASE "workers = \"x\";\nqueue = { smtp_port = 0; };\n");
+                if (asprintf(&w1, "%s:3: 'workers' must be an integer", path) < 0 ||
+                    asprintf(&w2, "%s:4: queue: smtp_port 0 out of range 1..65535", path) < 0)
+                        abort();
+                is_int(config_load(path, &c, &err), -EINVAL, "two problems: refused");
+                ok(err && strstr(err, w1) && strstr(err, w2), "two problems: both reported");
+        }
+}
+
+static void test_files(void) {
+        _cleanup_free_ char *err = NULL, *inc = NULL, *main_path = NULL, *text = NULL, *want = NULL;
+        Config *c = NULL;
+        FILE *f;
+        int r;
+
+        r = config_load("/nonexistent/tlsgw.conf", &c, &err);
+        ok(r == -ENOENT && err && strstr(err, "/nonexistent/tlsgw.conf: "), "missing file: -ENOENT with message");
+        err = mfree(err);
+        r = config_load(tmpdir, &c, &err);
+        is_int(r, -EISDIR, "directory refused");
+        err = mfree(err);
+
+        r = config_load_string(BASE "hostname = 5;\n", "inline", &c, &err);
+        ok(r == -EINVAL && err && strstr(err, "inline:3: 'hostname' must be a string, not an integer"),
+           "string config: name used as path");
+        err = mfree(err);
+        r = config_load_string(BASE "@include \"/etc/passwd\"\n", "inline", &c, &err);
+        ok(r == -EINVAL && err && strstr(err, "@include is not supported"), "string config: @include refused");
+        err = mfree(err);
+        r = config_load_string(BASE, "inline", &c, &err);
+        ok(r == 0 && c && streq(c->path, "inline"), "string config loads");
+        c = config_unref(c);
+
+        /* @include is relative to the including file; problems inside it
+         * name the included file. */
+        if (asprintf(&inc, "%s/policies.inc", tmpdir) < 0 || asprintf(&main_path, "%s/main.conf", tmpdir) < 0)
+                abort();
+        f = fopen(inc, "we");
+        if (!f)
+                abort();
+        fputs("policies = ( { name = \"P\"; action = \"accept\";\n  colour = \"blue\"; } );\n", f);
+        fclose(f);
+        f = fopen(main_path, "we");
+        if (!f)
+                abort();
+        fputs(BASE_LISTENER "@include \"policies.inc\"\n", f);
+        fclose(f);
+        r = config_load(main_path, &c, &err);
+        if (asprintf(&want, "%s:2: policy 'P': unknown key 'colour'", inc) < 0)
+                abort();
+        if (!err || !strstr(err, want))
+                printf("# %s\n# wanted %s\n", err ?: "(none)", want);
+        ok(r == -EINVAL && err && strstr(err, want), "@include: error names the included file and its line");
+        unlink(inc);
+        unlink(main_path);
+}
+
+static void test_lookups(void) {
+        struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+        struct sockaddr_in sin = { .sin_family = AF_INET };
+        const SenderGroup *sg;
+        const MailFlowPolicy *p;
+        SmtpLimits e;
+        Config *c;
+
+        c = load_ok(BASE_LISTENER
+                    "policies = ( { name = \"P\"; action = \"accept\"; },\n"
+                    "             { name = \"R\"; action = \"relay\"; limits = { max_recipients = 1000; idle_timeout = \"1m\"; }; } );\n"
+                    "sender_groups = (\n"
+                    "  { name = \"FIRST\"; policy = \"R\"; sources = [ \"10.1.0.0/16\", \"2001:db8:1::/48\" ]; },\n"
+                    "  { name = \"SECOND\"; policy = \"P\"; sources = [ \"10.0.0.0/8\", \"10.1.2.3\", \"::/0\" ]; } );\n"
+                    "routes = ( { domain = \"a.example\"; hosts = [ \"[2001:db8::5]\" ]; },\n"
+                    "           { domain = \"*\"; hosts = [ \"smart.example:587\" ]; } );\n"
+                    "destinations = ( { domain = \"b.example\"; max_connections = 2; } );\n",
+                    "lookup config loads");
+        if (!c)
+                return;
+
+        inet_pton(AF_INET, "10.1.2.3", &sin.sin_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin);
+        ok(sg && streq(sg->name, "FIRST"), "first matching group wins over a later exact match");
+        inet_pton(AF_INET, "10.9.9.9", &sin.sin_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin);
+        ok(sg && streq(sg->name, "SECOND"), "IPv4 falls through to the second group");
+        inet_pton(AF_INET, "192.0.2.1", &sin.sin_addr);
+        ok(config_match_sender_group(c, (struct sockaddr *) &sin) == NULL, "no IPv4 match: NULL");
+        inet_pton(AF_INET6, "2001:db8:1::77", &sin6.sin6_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin6);
+        ok(sg && streq(sg->name, "FIRST"), "IPv6 match");
+        inet_pton(AF_INET6, "2001:db8:2::1", &sin6.sin6_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin6);
+        ok(sg && streq(sg->name, "SECOND"), "IPv6 falls through to ::/0");
+        inet_pton(AF_INET6, "::ffff:10.1.200.1", &sin6.sin6_addr);
+        sg = config_match_sender_group(c, (struct sockaddr *) &sin6);
+        ok(sg && streq(sg->name, "FIRST"), "v4-mapped client matches the IPv4 range");
+
+        ok(config_find_route(c, "A.EXAMPLE") && config_find_route(c, "A.EXAMPLE")->hosts[0].port == 25 &&
+           streq(config_find_route(c, "a.example")->hosts[0].host, "2001:db8::5"), "route: exact, case-insensitive");
+        ok(config_find_route(c, "z.example") && streq(config_find_route(c, "z.example")->domain, "*") &&
+           config_find_route(c, "z.example")->hosts[0].port == 587, "route: wildcard");
+        ok(config_find_route(c, NULL) && streq(config_find_route(c, NULL)->domain, "*"), "route: NULL domain -> wildcard");
+        ok(config_find_destination(c, "B.example") && config_find_destination(c, "B.example")->max_connections == 2,
+           "destination: exact, case-insensitive");
+        ok(config_find_destination(c, "c.example") == &c->destinations[0], "destination: fallback to default");
+        ok(config_find_listener(c, "nope") == NULL, "listener: unknown name");
+
+        p = &c->policies[1];
+        smtp_limits_effective(&c->listeners[0], p, &e);
+        ok(e.max_recipients == 1000 && e.idle_timeout == 60 * USEC_PER_SEC &&
+           e.max_line == SMTP_LINE_MAX_DEFAULT && e.max_message_size == SMTP_MESSAGE_SIZE_DEFAULT,
+           "limits: policy overrides non-zero fields only");
+        smtp_limits_effective(&c->listeners[0], NULL, &e);
+        ok(e.max_recipients == SMTP_RCPT_MAX_DEFAULT, "limits: no policy -> listener values");
+        config_unref(c);
+
+        c = load_ok(BASE "routes = ( { domain = \"a.example\"; maildir = \"/x\"; } );\n", "config without wildcard route");
+        ok(c && config_find_route(c, "b.example") == NULL, "route: no wildcard -> NULL (MX lookup)");
+        config_unref(c);
+}
+
+static void remove_tmpdir(void) {
+        DIR *d = opendir(tmpdir);
+        struct dirent *de;
+
+        if (!d)
+                return;
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.')
+                        (void) unlinkat(dirfd(d), de->d_name, 0);
+        closedir(d);
+        (void) rmdir(tmpdir);
+}
+
+int main(void) {
+        if (!mkdtemp(tmpdir)) {
+                perror("mkdtemp");
+                return EXIT_FAILURE;
+        }
+
+        test_enums();
+        test_example();
+        test_defaults();
+        test_minimal();
+        test_errors();
+        test_files();
+        test_lookups();
+
+        remove_tmpdir();
+        return tap_done();
+}
