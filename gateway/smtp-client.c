@@ -1,0 +1,1028 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Outbound SMTP client: one DeliveryJob, one connection at a time, driven
+ * by sd-event I/O and timer sources; never blocks.
+ *
+ * Targets are tried in order (RFC 5321 5.1): a failed connect, a greeting
+ * other than 2xx, or a failure before the first MAIL moves on to the next
+ * one. Once a transaction has started, a lost connection or a timeout
+ * defers every recipient still pending. Per message: MAIL FROM (SIZE= when
+ * offered, RFC 1870), RCPT TO per recipient, DATA; with PIPELINING (RFC
+ * 2920) all of them go out in one write and the replies are matched in
+ * order. The body is the spooled wire form (dot-stuffed, CRLF) sent as is
+ * with sendfile(2), then ".". Messages share the connection; RSET is sent
+ * only when a transaction was left open. QUIT at the end.
+ *
+ * Socket I/O goes through the transport_*() functions only, so a TLS
+ * transport can take their place.
+ *
+ * Logs the DCID events (new connection, delivery start, connection errors,
+ * close); the per-recipient outcomes are logged by the queue. SIGPIPE must
+ * be ignored by the process (sendfile(2) has no MSG_NOSIGNAL).
+ * Returns negative errno from smtp_client_start(); all later failures end
+ * up as recipient statuses.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "local-delivery.h"
+#include "log.h"
+#include "smtp-client.h"
+#include "smtp-parse.h"
+#include "util/buf.h"
+#include "util/macro.h"
+#include "util/parse.h"
+
+/* Unparsed server input: a complete reply is at most SMTP_REPLY_MAX; room
+ * for two lets a pipelined batch drain without stalling. */
+#define CLIENT_INPUT_MAX (2 * SMTP_REPLY_MAX)
+/* Queued commands: a pipelined MAIL + RCPTs + DATA for one message. A
+ * RCPT line is at most 8 + 256 + 2 octets (RFC 5321 4.5.3.1.3) and
+ * RFC 5321 4.5.3.1.8 requires servers to take only 100 recipients. */
+#define CLIENT_OUTPUT_MAX (1024 * 1024)
+/* Stored reply text: one reply line (RFC 5321 4.5.3.1.5, 512 octets). */
+#define DELIVERY_REPLY_MAX 512
+/* Body bytes per sendfile(2) call, so one connection does not hog the loop. */
+#define CLIENT_SENDFILE_CHUNK (256 * 1024)
+/* Reads per wakeup before yielding to other sources. */
+#define CLIENT_READ_CHUNK 4096
+
+typedef enum ClientState {
+        CLIENT_CONNECTING,
+        CLIENT_GREETING,
+        CLIENT_EHLO,
+        CLIENT_HELO,
+        CLIENT_TRANSACTION,     /* replies to MAIL, RCPT..., DATA */
+        CLIENT_BODY,            /* sending the body and "." */
+        CLIENT_DOT,             /* reply to "." */
+        CLIENT_RSET,
+        CLIENT_QUIT,
+        CLIENT_FINISHED,
+} ClientState;
+
+typedef struct Client {
+        sd_event *event;
+        DeliveryJob *job;
+        smtp_client_done_fn_t done;
+        void *userdata;
+
+        ClientState state;
+        int fd;
+        sd_event_source *io;
+        sd_event_source *timer;
+        sd_event_source *defer;
+        Buf in;
+        Buf out;
+
+        size_t target;                  /* index into job->targets */
+        char peer[INET6_ADDRSTRLEN];
+        char iface[INET6_ADDRSTRLEN];
+        char *last_reason;              /* for DEFERRED when all targets fail */
+        bool began;                     /* a MAIL was sent on this connection */
+        bool need_rset;                 /* a transaction may be open */
+
+        /* ESMTP (RFC 5321 4.1.1.1) */
+        bool pipelining;
+        uint64_t size_max;              /* 0: no SIZE limit advertised */
+
+        /* The current message's transaction. */
+        size_t msg;                     /* index into job->messages */
+        size_t *tx_rcpts;               /* indices of the recipients sent */
+        bool *tx_accepted;
+        size_t n_tx_rcpts;
+        size_t n_accepted;
+        size_t n_sent;                  /* commands written: MAIL, RCPTs, DATA */
+        size_t n_replied;
+        bool mail_ok;
+        bool discard_dot;               /* "." only closes a 354 nobody can use */
+        uint64_t body_offset;
+        uint64_t body_left;
+        bool body_needs_crlf;           /* data does not end in CRLF */
+} Client;
+
+static void client_free(Client *c) {
+        if (!c)
+                return;
+        sd_event_source_disable_unref(c->io);
+        sd_event_source_disable_unref(c->timer);
+        sd_event_source_disable_unref(c->defer);
+        safe_close(c->fd);
+        buf_done(&c->in);
+        buf_done(&c->out);
+        free(c->last_reason);
+        free(c->tx_rcpts);
+        free(c->tx_accepted);
+        sd_event_unref(c->event);
+        free(c);
+}
+
+void delivery_job_free(DeliveryJob *j) {
+        if (!j)
+                return;
+        for (size_t i = 0; i < j->n_messages; i++) {
+                DeliveryMessage *m = j->messages + i;
+
+                free(m->sender);
+                safe_close(m->data_fd);
+                for (size_t k = 0; k < m->n_rcpts; k++) {
+                        free(m->rcpts[k].address);
+                        free(m->rcpts[k].reply);
+                }
+                free(m->rcpts);
+        }
+        free(j->messages);
+        resolved_targets_free(j->targets, j->n_targets);
+        free(j->domain);
+        free(j->helo_name);
+        free(j->maildir);
+        free(j);
+}
+
+/* ---- reply text ---- */
+
+/* "CODE ENH text" from the first line of a reply: printable ASCII only,
+ * at most DELIVERY_REPLY_MAX octets. */
+static char *reply_format(const SmtpReply *r) {
+        const char *p = r->text.p ?: "";
+        size_t n = r->text.len, i = 0, o;
+        char *s;
+
+        for (size_t k = 0; k < n; k++)
+                if (p[k] == '\r' || p[k] == '\n') {
+                        n = k;
+                        break;
+                }
+        /* The view starts after "CODE "; tolerate one that includes it. */
+        char code[4];
+        (void) snprintf(code, sizeof(code), "%03d", r->code);
+        if (n >= 3 && memcmp(p, code, 3) == 0 && (n == 3 || p[3] == ' ' || p[3] == '-'))
+                i = MIN(n, (size_t) 4);
+        /* And the enhanced code, which is printed from r->enhanced. */
+        size_t el = strlen(r->enhanced);
+        if (el > 0 && n - i >= el && memcmp(p + i, r->enhanced, el) == 0 &&
+            (n - i == el || p[i + el] == ' '))
+                i += el;
+        while (i < n && p[i] == ' ')
+                i++;
+
+        s = malloc(DELIVERY_REPLY_MAX + 1);
+        if (!s)
+                return NULL;
+        o = (size_t) snprintf(s, DELIVERY_REPLY_MAX + 1, "%03d%s%s", r->code, el > 0 ? " " : "", r->enhanced);
+        if (i < n && o + 1 < DELIVERY_REPLY_MAX)
+                s[o++] = ' ';
+        for (; i < n && o < DELIVERY_REPLY_MAX; i++) {
+                unsigned char ch = (unsigned char) p[i];
+                s[o++] = ch >= 0x20 && ch < 0x7f ? (char) ch : '?';
+        }
+        s[o] = '\0';
+        return s;
+}
+
+static char *reason_new(const char *fmt, ...) _printf_(1, 2);
+static char *reason_new(const char *fmt, ...) {
+        va_list ap;
+        char *s;
+
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0)
+                s = NULL;
+        va_end(ap);
+        if (s && strlen(s) > DELIVERY_REPLY_MAX)
+                s[DELIVERY_REPLY_MAX] = '\0';
+        return s;
+}
+
+static void rcpt_set(DeliveryRcpt *r, DeliveryStatus status, const char *reply) {
+        char *s = strdup(reply ?: "");
+
+        /* Out of memory leaves the old text; the status is what counts. */
+        if (s) {
+                free(r->reply);
+                r->reply = s;
+        }
+        r->status = status;
+}
+
+static DeliveryStatus status_from_code(int code) {
+        if (code >= 200 && code < 300)
+                return DELIVERY_DELIVERED;
+        if (code >= 500 && code < 600)
+                return DELIVERY_FAILED;
+        return DELIVERY_DEFERRED;       /* 4xx, and anything unexpected */
+}
+
+/* Every recipient still pending, in this and all later messages. */
+static void defer_all_pending(Client *c, const char *reason) {
+        DeliveryJob *j = c->job;
+
+        for (size_t m = 0; m < j->n_messages; m++)
+                for (size_t k = 0; k < j->messages[m].n_rcpts; k++)
+                        if (j->messages[m].rcpts[k].status == DELIVERY_PENDING)
+                                rcpt_set(j->messages[m].rcpts + k, DELIVERY_DEFERRED, reason);
+}
+
+/* ---- transport: the plain socket; TLS replaces these ---- */
+
+static ssize_t transport_read(Client *c) {
+        ssize_t n = buf_read_fd(&c->in, c->fd, CLIENT_READ_CHUNK);
+        return n == -EINTR ? -EAGAIN : n;
+}
+
+static ssize_t transport_write(Client *c) {
+        ssize_t n;
+
+        if (buf_empty(&c->out))
+                return 0;
+        n = send(c->fd, buf_peek(&c->out), buf_len(&c->out), MSG_NOSIGNAL);
+        if (n < 0)
+                return errno == EINTR ? -EAGAIN : -errno;
+        buf_consume(&c->out, (size_t) n);
+        return n;
+}
+
+/* Sends up to `len` body octets from the spool fd; returns octets sent. */
+static ssize_t transport_send_body(Client *c, int fd, uint64_t *offset, size_t len) {
+        off_t off = (off_t) *offset;
+        ssize_t n = sendfile(c->fd, fd, &off, len);
+
+        if (n < 0)
+                return errno == EINTR ? -EAGAIN : -errno;
+        if (n == 0)
+                return -EIO;    /* spool file shorter than the envelope says */
+        *offset = (uint64_t) off;
+        return n;
+}
+
+/* ---- plumbing ---- */
+
+static const ResolvedTarget *client_target(Client *c) {
+        return c->job->targets + c->target;
+}
+
+static const char *client_host(Client *c) {
+        const char *h = client_target(c)->host;
+        return isempty(h) ? c->peer : h;
+}
+
+static int client_update_io(Client *c) {
+        uint32_t events = 0;
+
+        if (!c->io)
+                return 0;
+        if (c->state == CLIENT_CONNECTING || !buf_empty(&c->out) || c->state == CLIENT_BODY)
+                events |= EPOLLOUT;
+        if (c->state != CLIENT_CONNECTING && c->state != CLIENT_BODY)
+                events |= EPOLLIN;
+        return sd_event_source_set_io_events(c->io, events);
+}
+
+static int client_arm_timer(Client *c, uint64_t usec) {
+        int r;
+
+        if (usec == 0 || usec == USEC_INFINITY)
+                return sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+        r = sd_event_source_set_time_relative(c->timer, usec);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(c->timer, SD_EVENT_ONESHOT);
+}
+
+static int client_send(Client *c, const char *fmt, ...) _printf_(2, 3);
+static int client_send(Client *c, const char *fmt, ...) {
+        _cleanup_free_ char *s = NULL;
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+                s = NULL;
+                return -ENOMEM;
+        }
+        return buf_append(&c->out, s, (size_t) n);
+}
+
+static void client_close_connection(Client *c) {
+        c->io = sd_event_source_disable_unref(c->io);
+        c->fd = safe_close(c->fd);
+        buf_clear(&c->in);
+        buf_clear(&c->out);
+        (void) sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+}
+
+static void client_finish(Client *c) {
+        client_close_connection(c);
+        c->state = CLIENT_FINISHED;
+        log_dcid_close(c->job->dcid);
+}
+
+static int client_connect_next(Client *c);
+static int client_next_message(Client *c);
+
+/* The connection to the current target failed before any transaction:
+ * log it and go on with the next target. */
+static int client_target_failed(Client *c, const char *details, const char *reason, const char *text) {
+        const ResolvedTarget *t = client_target(c);
+
+        log_connection_error(c->job->dcid, c->job->domain, c->peer, sockaddr_port((const struct sockaddr *) &t->addr),
+                             details, c->iface[0] ? c->iface : "unknown", reason);
+        free(c->last_reason);
+        c->last_reason = strdup(text);
+
+        if (c->fd >= 0 && c->state != CLIENT_CONNECTING) {
+                /* Courtesy QUIT, not waited for (RFC 5321 3.1). */
+                buf_clear(&c->out);
+                if (client_send(c, "QUIT\r\n") >= 0)
+                        (void) transport_write(c);
+        }
+        client_close_connection(c);
+        c->target++;
+        return client_connect_next(c);
+}
+
+/* The connection is gone or unusable. Before the first MAIL that is a
+ * target failure; afterwards every pending recipient is deferred. */
+static int client_connection_failed(Client *c, const char *what) {
+        _cleanup_free_ char *reason = NULL;
+
+        if (c->state == CLIENT_QUIT) {
+                client_finish(c);
+                return 0;
+        }
+
+        reason = reason_new("451 4.4.2 %s with %s[%s] %s", what, client_host(c), c->peer,
+                            c->state == CLIENT_GREETING ? "while waiting for the greeting" :
+                            c->state == CLIENT_EHLO || c->state == CLIENT_HELO ? "after HELO/EHLO" :
+                            c->state == CLIENT_TRANSACTION ? "during MAIL/RCPT/DATA" :
+                            c->state == CLIENT_BODY ? "while sending the message" :
+                            c->state == CLIENT_DOT ? "after the end of data" : "between messages");
+        if (!reason)
+                return -ENOMEM;
+
+        if (!c->began)
+                return client_target_failed(c, reason, what, reason);
+
+        defer_all_pending(c, reason);
+        client_finish(c);
+        return 0;
+}
+
+/* ---- connect ---- */
+
+static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+static int client_connect_next(Client *c) {
+        DeliveryJob *j = c->job;
+        int r;
+
+        for (; c->target < j->n_targets; c->target++) {
+                const ResolvedTarget *t = client_target(c);
+                _cleanup_close_ int fd = -EBADF;
+
+                c->iface[0] = '\0';
+                c->began = c->need_rset = c->pipelining = false;
+                c->size_max = 0;
+                (void) sockaddr_to_string((const struct sockaddr *) &t->addr, c->peer, sizeof(c->peer));
+
+                fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        r = -errno;
+                else if (connect(fd, (const struct sockaddr *) &t->addr, t->addrlen) < 0 && errno != EINPROGRESS)
+                        r = -errno;
+                else
+                        r = 0;
+                if (r < 0) {
+                        _cleanup_free_ char *reason = NULL;
+
+                        reason = reason_new("451 4.4.1 connect to %s[%s]:%u: %s", client_host(c), c->peer,
+                                            sockaddr_port((const struct sockaddr *) &t->addr), strerror(-r));
+                        log_connection_error(j->dcid, j->domain, c->peer, sockaddr_port((const struct sockaddr *) &t->addr),
+                                             reason ?: "connect failed", "unknown", "connect failed");
+                        free(c->last_reason);
+                        c->last_reason = TAKE_PTR(reason);
+                        continue;
+                }
+
+                r = sd_event_add_io(c->event, &c->io, fd, EPOLLOUT, client_io, c);
+                if (r < 0)
+                        return r;
+                c->fd = TAKE_FD(fd);
+                c->state = CLIENT_CONNECTING;
+                return client_arm_timer(c, j->connect_timeout);
+        }
+
+        /* Every target failed: nothing was attempted on any connection. */
+        defer_all_pending(c, c->last_reason ?: "451 4.4.1 no target to connect to");
+        client_finish(c);
+        return 0;
+}
+
+static int client_connected(Client *c) {
+        const ResolvedTarget *t = client_target(c);
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof(sa);
+        int err = 0;
+        socklen_t errlen = sizeof(err);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0)
+                err = errno;
+        if (err != 0) {
+                _cleanup_free_ char *reason = NULL;
+
+                reason = reason_new("451 4.4.1 connect to %s[%s]:%u: %s", client_host(c), c->peer,
+                                    sockaddr_port((const struct sockaddr *) &t->addr), strerror(err));
+                if (!reason)
+                        return -ENOMEM;
+                return client_target_failed(c, reason, "connect failed", reason);
+        }
+
+        if (getsockname(c->fd, (struct sockaddr *) &sa, &salen) >= 0)
+                (void) sockaddr_to_string((const struct sockaddr *) &sa, c->iface, sizeof(c->iface));
+        log_dcid_new(c->job->dcid, c->job->domain, c->iface[0] ? c->iface : "unknown", c->peer,
+                     sockaddr_port((const struct sockaddr *) &t->addr), client_host(c));
+
+        /* RFC 5321 4.5.3.2.1: initial 220 message. */
+        c->state = CLIENT_GREETING;
+        return client_arm_timer(c, c->job->command_timeout);
+}
+
+/* ---- transaction ---- */
+
+static DeliveryMessage *client_message(Client *c) {
+        return c->job->messages + c->msg;
+}
+
+static bool message_has_pending(const DeliveryMessage *m) {
+        for (size_t k = 0; k < m->n_rcpts; k++)
+                if (m->rcpts[k].status == DELIVERY_PENDING)
+                        return true;
+        return false;
+}
+
+/* Command i of the transaction: 0 MAIL, 1..n RCPT, n+1 DATA. */
+static int client_send_command(Client *c, size_t i) {
+        DeliveryMessage *m = client_message(c);
+
+        if (i == 0)     /* SIZE= only when offered (RFC 1870 6) */
+                return c->size_max > 0 ?
+                        client_send(c, "MAIL FROM:<%s> SIZE=%" PRIu64 "\r\n", m->sender ?: "", m->data_size) :
+                        client_send(c, "MAIL FROM:<%s>\r\n", m->sender ?: "");
+        if (i <= c->n_tx_rcpts)
+                return client_send(c, "RCPT TO:<%s>\r\n", m->rcpts[c->tx_rcpts[i - 1]].address);
+        return client_send(c, "DATA\r\n");
+}
+
+/* RFC 5321 4.1.2 paths: refuse anything that could break the command line. */
+static bool path_is_safe(const char *s) {
+        if (strlen(s) > SMTP_PATH_MAX)
+                return false;
+        for (const char *p = s; *p; p++)
+                if ((unsigned char) *p <= 0x20 || *p == 0x7f || *p == '<' || *p == '>')
+                        return false;
+        return true;
+}
+
+/* Checks the last two data octets: the spool keeps the CRLF before "."
+ * as part of the data, anything else needs one added. */
+static bool data_ends_with_crlf(const DeliveryMessage *m) {
+        char t[2];
+
+        if (m->data_size < 2)
+                return false;
+        return pread(m->data_fd, t, 2, (off_t) (m->data_offset + m->data_size - 2)) == 2 &&
+               t[0] == '\r' && t[1] == '\n';
+}
+
+static int client_start_message(Client *c) {
+        DeliveryMessage *m = client_message(c);
+        _cleanup_free_ uint32_t *rids = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!path_is_safe(m->sender ?: "")) {
+                for (size_t k = 0; k < m->n_rcpts; k++)
+                        if (m->rcpts[k].status == DELIVERY_PENDING)
+                                rcpt_set(m->rcpts + k, DELIVERY_FAILED, "553 5.1.7 invalid sender address");
+                return client_next_message(c);
+        }
+
+        c->n_tx_rcpts = c->n_accepted = c->n_sent = c->n_replied = 0;
+        c->mail_ok = c->discard_dot = false;
+        rids = malloc(sizeof(uint32_t) * MAX(m->n_rcpts, (size_t) 1));
+        free(c->tx_rcpts);
+        free(c->tx_accepted);
+        c->tx_rcpts = calloc(MAX(m->n_rcpts, (size_t) 1), sizeof(size_t));
+        c->tx_accepted = calloc(MAX(m->n_rcpts, (size_t) 1), sizeof(bool));
+        if (!rids || !c->tx_rcpts || !c->tx_accepted)
+                return -ENOMEM;
+
+        for (size_t k = 0; k < m->n_rcpts; k++) {
+                DeliveryRcpt *rc = m->rcpts + k;
+
+                if (rc->status != DELIVERY_PENDING)
+                        continue;
+                if (isempty(rc->address) || !path_is_safe(rc->address)) {
+                        rcpt_set(rc, DELIVERY_FAILED, "553 5.1.3 invalid recipient address");
+                        continue;
+                }
+                c->tx_rcpts[c->n_tx_rcpts++] = k;
+                rids[n++] = rc->rid;
+        }
+        if (c->n_tx_rcpts == 0)
+                return client_next_message(c);
+
+        log_delivery_start(c->job->dcid, m->mid, rids, n);
+
+        if (m->data_fd < 0) {
+                defer_all_pending(c, "451 4.3.0 message data not available");
+                return client_next_message(c);
+        }
+        /* RFC 1870 4: do not send what the server said it will refuse. */
+        if (c->size_max > 0 && m->data_size > c->size_max) {
+                _cleanup_free_ char *reason = NULL;
+
+                reason = reason_new("552 5.3.4 message size %" PRIu64 " exceeds size limit %" PRIu64 " of %s[%s]",
+                                    m->data_size, c->size_max, client_host(c), c->peer);
+                if (!reason)
+                        return -ENOMEM;
+                for (size_t k = 0; k < c->n_tx_rcpts; k++)
+                        rcpt_set(m->rcpts + c->tx_rcpts[k], DELIVERY_FAILED, reason);
+                return client_next_message(c);
+        }
+        c->body_needs_crlf = m->data_size > 0 && !data_ends_with_crlf(m);
+
+        c->began = true;
+        c->state = CLIENT_TRANSACTION;
+        if (c->pipelining) {
+                /* RFC 2920 3.1: MAIL, RCPTs and DATA in one batch. */
+                for (size_t i = 0; i <= c->n_tx_rcpts + 1; i++) {
+                        r = client_send_command(c, i);
+                        if (r < 0)
+                                return r;
+                }
+                c->n_sent = c->n_tx_rcpts + 2;
+        } else {
+                r = client_send_command(c, 0);
+                if (r < 0)
+                        return r;
+                c->n_sent = 1;
+        }
+        return client_arm_timer(c, c->job->command_timeout);
+}
+
+/* This message is settled (or left to RSET); on to the next. */
+static int client_message_done(Client *c) {
+        c->msg++;
+        return client_next_message(c);
+}
+
+/* Moves to the next message with pending recipients, with RSET first if
+ * the last transaction may still be open; QUIT when there is none. */
+static int client_next_message(Client *c) {
+        DeliveryJob *j = c->job;
+        int r;
+
+        while (c->msg < j->n_messages && !message_has_pending(j->messages + c->msg))
+                c->msg++;
+
+        if (c->msg >= j->n_messages) {
+                r = client_send(c, "QUIT\r\n");
+                if (r < 0)
+                        return r;
+                c->state = CLIENT_QUIT;
+                return client_arm_timer(c, j->command_timeout);
+        }
+
+        if (c->need_rset) {
+                r = client_send(c, "RSET\r\n");
+                if (r < 0)
+                        return r;
+                c->need_rset = false;
+                c->state = CLIENT_RSET;
+                return client_arm_timer(c, j->command_timeout);
+        }
+        return client_start_message(c);
+}
+
+/* The transaction ended: the accepted recipients get `status`. */
+static void client_settle_accepted(Client *c, DeliveryStatus status, const char *text) {
+        DeliveryMessage *m = client_message(c);
+
+        for (size_t k = 0; k < c->n_tx_rcpts; k++)
+                if (c->tx_accepted[k] && m->rcpts[c->tx_rcpts[k]].status == DELIVERY_PENDING)
+                        rcpt_set(m->rcpts + c->tx_rcpts[k], status, text);
+}
+
+static int client_begin_body(Client *c) {
+        DeliveryMessage *m = client_message(c);
+
+        c->state = CLIENT_BODY;
+        c->body_offset = m->data_offset;
+        c->body_left = m->data_size;
+        return client_arm_timer(c, c->job->command_timeout);
+}
+
+static int client_handle_transaction(Client *c, const SmtpReply *reply, const char *text) {
+        DeliveryMessage *m = client_message(c);
+        size_t i = c->n_replied++;
+        int r;
+
+        if (i == 0) {
+                /* MAIL */
+                c->mail_ok = reply->code >= 200 && reply->code < 300;
+                if (!c->mail_ok)
+                        for (size_t k = 0; k < c->n_tx_rcpts; k++)
+                                rcpt_set(m->rcpts + c->tx_rcpts[k], status_from_code(reply->code), text);
+                else
+                        c->need_rset = true;
+                if (!c->pipelining) {
+                        if (!c->mail_ok)
+                                return client_message_done(c);
+                        r = client_send_command(c, c->n_sent++);
+                        if (r < 0)
+                                return r;
+                }
+        } else if (i <= c->n_tx_rcpts) {
+                /* RCPT: after a refused MAIL the replies are only drained. */
+                if (c->mail_ok) {
+                        DeliveryRcpt *rc = m->rcpts + c->tx_rcpts[i - 1];
+
+                        if (reply->code >= 200 && reply->code < 300) {
+                                c->tx_accepted[i - 1] = true;
+                                c->n_accepted++;
+                        } else
+                                rcpt_set(rc, status_from_code(reply->code), text);
+                }
+                if (!c->pipelining) {
+                        if (i == c->n_tx_rcpts && c->n_accepted == 0)
+                                return client_message_done(c);     /* need_rset is set */
+                        r = client_send_command(c, c->n_sent++);
+                        if (r < 0)
+                                return r;
+                }
+        } else {
+                /* DATA */
+                if (reply->code == 354) {
+                        if (c->mail_ok && c->n_accepted > 0)
+                                return client_begin_body(c);
+                        /* RFC 2920 3.1: a pipelined DATA may be accepted with
+                         * no valid recipient; end it empty and forget it. */
+                        c->discard_dot = true;
+                        c->state = CLIENT_DOT;
+                        r = client_send(c, ".\r\n");
+                        if (r < 0)
+                                return r;
+                        return client_arm_timer(c, c->job->data_timeout);
+                }
+                if (c->mail_ok)
+                        client_settle_accepted(c, reply->code >= 200 && reply->code < 300 ?
+                                               DELIVERY_DEFERRED : status_from_code(reply->code), text);
+                return client_message_done(c);
+        }
+        return client_arm_timer(c, c->job->command_timeout);
+}
+
+static int client_handle_reply(Client *c, const SmtpReply *reply) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        text = reply_format(reply);
+        if (!text)
+                return -ENOMEM;
+
+        /* RFC 5321 3.8: 421 means the server is closing the channel,
+         * whatever the command was. */
+        if (reply->code == 421 && c->state != CLIENT_QUIT) {
+                if (!c->began)
+                        return client_target_failed(c, text, "service not available", text);
+                defer_all_pending(c, text);
+                client_finish(c);
+                return 0;
+        }
+
+        switch (c->state) {
+
+        case CLIENT_GREETING:
+                if (reply->code < 200 || reply->code >= 300)
+                        return client_target_failed(c, text, "greeting rejected", text);
+                r = client_send(c, "EHLO %s\r\n", c->job->helo_name);
+                if (r < 0)
+                        return r;
+                c->state = CLIENT_EHLO;
+                return client_arm_timer(c, c->job->command_timeout);
+
+        case CLIENT_EHLO:
+                if (reply->code >= 500 && reply->code < 600) {
+                        /* RFC 5321 3.2: fall back to HELO. */
+                        r = client_send(c, "HELO %s\r\n", c->job->helo_name);
+                        if (r < 0)
+                                return r;
+                        c->state = CLIENT_HELO;
+                        return client_arm_timer(c, c->job->command_timeout);
+                }
+                if (reply->code < 200 || reply->code >= 300)
+                        return client_target_failed(c, text, "EHLO rejected", text);
+
+                SmtpView arg = {};
+                c->pipelining = smtp_reply_has_extension(reply, "PIPELINING", NULL);
+                if (smtp_reply_has_extension(reply, "SIZE", &arg)) {
+                        char num[24];
+                        uint64_t v;
+
+                        /* RFC 1870 4: no argument or 0 means no fixed limit;
+                         * SIZE is still offered, so it is sent (UINT64_MAX
+                         * here stands for "offered, no limit"). */
+                        c->size_max = UINT64_MAX;
+                        if (arg.len > 0 && arg.len < sizeof(num)) {
+                                memcpy(num, arg.p, arg.len);
+                                num[arg.len] = '\0';
+                                if (parse_uint64(num, &v) >= 0 && v > 0)
+                                        c->size_max = v;
+                        }
+                }
+                return client_next_message(c);
+
+        case CLIENT_HELO:
+                if (reply->code < 200 || reply->code >= 300)
+                        return client_target_failed(c, text, "HELO rejected", text);
+                return client_next_message(c);
+
+        case CLIENT_TRANSACTION:
+                return client_handle_transaction(c, reply, text);
+
+        case CLIENT_DOT:
+                if (!c->discard_dot)
+                        client_settle_accepted(c, status_from_code(reply->code), text);
+                /* The transaction is over either way (RFC 5321 4.1.1.4). */
+                c->need_rset = false;
+                c->msg++;
+                return client_next_message(c);
+
+        case CLIENT_RSET:
+                if (reply->code < 200 || reply->code >= 300) {
+                        defer_all_pending(c, text);
+                        client_finish(c);
+                        return 0;
+                }
+                return client_next_message(c);
+
+        case CLIENT_QUIT:
+                client_finish(c);
+                return 0;
+
+        default:
+                /* A reply nobody asked for: the dialogue is out of step. */
+                return client_connection_failed(c, "unexpected reply");
+        }
+}
+
+static bool client_expects_reply(Client *c) {
+        switch (c->state) {
+        case CLIENT_GREETING:
+        case CLIENT_EHLO:
+        case CLIENT_HELO:
+        case CLIENT_DOT:
+        case CLIENT_RSET:
+        case CLIENT_QUIT:
+                return true;
+        case CLIENT_TRANSACTION:
+                return c->n_replied < c->n_sent;
+        default:
+                return false;
+        }
+}
+
+static int client_process_input(Client *c) {
+        while (client_expects_reply(c) && !buf_empty(&c->in)) {
+                SmtpReply reply;
+                size_t consume = 0;
+                int r;
+
+                r = smtp_reply_parse(buf_peek(&c->in), buf_len(&c->in), &reply, &consume);
+                if (r == 0)
+                        break;
+                if (r < 0)
+                        return client_connection_failed(c, "malformed reply");
+
+                /* The view points into c->in: handle before consuming. The
+                 * handler may clear the buffer on a connection change. */
+                size_t target = c->target;
+                r = client_handle_reply(c, &reply);
+                if (r < 0)
+                        return r;
+                if (c->state == CLIENT_FINISHED || c->target != target)
+                        return 0;
+                buf_consume(&c->in, consume);
+        }
+        return 0;
+}
+
+static int client_write_body(Client *c) {
+        DeliveryMessage *m = client_message(c);
+        int r;
+
+        while (c->body_left > 0) {
+                ssize_t n = transport_send_body(c, m->data_fd, &c->body_offset,
+                                                (size_t) MIN(c->body_left, (uint64_t) CLIENT_SENDFILE_CHUNK));
+                if (n == -EAGAIN)
+                        return 0;
+                if (n < 0)
+                        return client_connection_failed(c, n == -EIO ? "spool data short" : "lost connection");
+                c->body_left -= (uint64_t) n;
+                /* Progress restarts the clock (RFC 5321 4.5.3.2.5 data block). */
+                r = client_arm_timer(c, c->job->command_timeout);
+                if (r < 0)
+                        return r;
+                if (c->body_left > 0)
+                        return 0;       /* yield; EPOLLOUT brings us back */
+        }
+
+        r = client_send(c, c->body_needs_crlf ? "\r\n.\r\n" : ".\r\n");
+        if (r < 0)
+                return r;
+        c->state = CLIENT_DOT;
+        c->discard_dot = false;
+        /* RFC 5321 4.5.3.2.6: the reply to "." gets its own, longer time. */
+        return client_arm_timer(c, c->job->data_timeout);
+}
+
+/* ---- event callbacks ---- */
+
+static void client_complete(Client *c) {
+        smtp_client_done_fn_t done = c->done;
+        DeliveryJob *job = c->job;
+        void *userdata = c->userdata;
+
+        client_free(c);
+        done(job, userdata);
+}
+
+/* After a callback: report an internal error as a deferral, flush, and
+ * complete the job when finished. */
+static int client_after(Client *c, int r) {
+        if (r < 0 && c->state != CLIENT_FINISHED) {
+                _cleanup_free_ char *reason = reason_new("451 4.3.0 local error: %s", strerror(-r));
+
+                defer_all_pending(c, reason ?: "451 4.3.0 local error");
+                client_finish(c);
+        }
+
+        if (c->state != CLIENT_FINISHED && c->fd >= 0 && c->state != CLIENT_CONNECTING) {
+                ssize_t n = transport_write(c);
+                if (n < 0 && n != -EAGAIN)
+                        (void) client_connection_failed(c, "lost connection");
+        }
+        if (c->state != CLIENT_FINISHED && client_update_io(c) < 0) {
+                defer_all_pending(c, "451 4.3.0 local error");
+                client_finish(c);
+        }
+        if (c->state == CLIENT_FINISHED)
+                client_complete(c);
+        return 0;
+}
+
+static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Client *c = userdata;
+        ssize_t n;
+        int r = 0;
+
+        if (c->state == CLIENT_CONNECTING)
+                return client_after(c, client_connected(c));
+
+        /* In BODY a hangup shows up through the next write (EPIPE). */
+        if (revents & (EPOLLOUT | (c->state == CLIENT_BODY ? EPOLLHUP | EPOLLERR : 0))) {
+                n = transport_write(c);
+                if (n < 0 && n != -EAGAIN)
+                        return client_after(c, client_connection_failed(c, "lost connection"));
+                if (c->state == CLIENT_BODY && buf_empty(&c->out)) {
+                        r = client_write_body(c);
+                        if (r < 0 || c->state == CLIENT_FINISHED)
+                                return client_after(c, r);
+                }
+        }
+
+        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && c->state != CLIENT_BODY) {
+                n = transport_read(c);
+                if (n == 0 || (n < 0 && n != -EAGAIN && n != -ENOBUFS))
+                        return client_after(c, client_connection_failed(c, "lost connection"));
+                if (n == -ENOBUFS)
+                        return client_after(c, client_connection_failed(c, "reply too long"));
+                r = client_process_input(c);
+        }
+        return client_after(c, r);
+}
+
+static int client_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Client *c = userdata;
+        int r;
+
+        if (c->state == CLIENT_CONNECTING) {
+                _cleanup_free_ char *reason = NULL;
+
+                reason = reason_new("451 4.4.1 connect to %s[%s]:%u: timed out", client_host(c), c->peer,
+                                    sockaddr_port((const struct sockaddr *) &client_target(c)->addr));
+                r = reason ? client_target_failed(c, reason, "connect timeout", reason) : -ENOMEM;
+        } else
+                r = client_connection_failed(c, "timeout");
+        return client_after(c, r);
+}
+
+static void deliver_maildir(DeliveryJob *j) {
+        for (size_t m = 0; m < j->n_messages; m++) {
+                DeliveryMessage *msg = j->messages + m;
+
+                for (size_t k = 0; k < msg->n_rcpts; k++) {
+                        DeliveryRcpt *rc = msg->rcpts + k;
+                        _cleanup_free_ char *name = NULL, *text = NULL;
+                        int r;
+
+                        if (rc->status != DELIVERY_PENDING)
+                                continue;
+                        r = local_deliver(j->maildir, msg->mid, rc->rid, msg->sender ?: "", rc->address,
+                                          msg->data_fd, msg->data_offset, msg->data_size, &name);
+                        if (r < 0)
+                                text = reason_new("451 4.3.0 maildir delivery to %s failed: %s", j->maildir, strerror(-r));
+                        else
+                                text = reason_new("250 2.0.0 delivered to maildir as %s", name);
+                        rcpt_set(rc, r < 0 ? DELIVERY_DEFERRED : DELIVERY_DELIVERED,
+                                 text ?: (r < 0 ? "451 4.3.0 maildir delivery failed" : "250 2.0.0 delivered"));
+                }
+        }
+}
+
+static int client_defer_done(sd_event_source *s, void *userdata) {
+        Client *c = userdata;
+
+        if (c->job->maildir)
+                deliver_maildir(c->job);
+        client_complete(c);
+        return 0;
+}
+
+int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done, void *userdata) {
+        Client *c;
+        int r;
+
+        if (!e || !job || !done)
+                return -EINVAL;
+        if (!job->maildir && (isempty(job->helo_name) || isempty(job->domain)))
+                return -EINVAL;
+
+        c = calloc(1, sizeof(Client));
+        if (!c)
+                return -ENOMEM;
+        c->event = sd_event_ref(e);
+        c->job = job;
+        c->done = done;
+        c->userdata = userdata;
+        c->fd = -EBADF;
+        buf_init(&c->in, CLIENT_INPUT_MAX);
+        buf_init(&c->out, CLIENT_OUTPUT_MAX);
+
+        if (job->maildir) {
+                /* Local delivery: done() must still come from the loop, not
+                 * from inside this call. */
+                r = sd_event_add_defer(e, &c->defer, client_defer_done, c);
+                if (r < 0) {
+                        client_free(c);
+                        return r;
+                }
+                return 0;
+        }
+
+        r = sd_event_add_time_relative(e, &c->timer, CLOCK_MONOTONIC, USEC_PER_SEC, 0, client_timer, c);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(c->timer, SD_EVENT_OFF);
+        if (r < 0) {
+                client_free(c);
+                return r;
+        }
+
+        /* Failures to connect become deferrals; done() still runs from the
+         * loop, so the first attempt goes through a defer source too. */
+        r = client_connect_next(c);
+        if (r < 0 || c->state == CLIENT_FINISHED) {
+                if (r < 0) {
+                        client_free(c);
+                        return r;
+                }
+                r = sd_event_add_defer(e, &c->defer, client_defer_done, c);
+                if (r < 0) {
+                        client_free(c);
+                        return r;
+                }
+        }
+        return 0;
+}

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Outbound SMTP: one delivery connection (DCID) that carries one or more
+ * messages for one destination domain.
+ *
+ * Tries the targets in order until one gives a 220 greeting; then EHLO
+ * (HELO if EHLO is refused), per message MAIL FROM (with SIZE= when
+ * offered), RCPT TO for each recipient, DATA, the spooled body sent
+ * unchanged (sendfile(2) from the spool fd; with kernel TLS later
+ * SSL_sendfile), ".", and QUIT at the end. With PIPELINING offered, MAIL,
+ * all RCPTs and DATA go in one write (RFC 2920). Each recipient ends with a
+ * status: DELIVERED, DEFERRED (4xx, timeouts, connection failures) or
+ * FAILED (5xx), plus the reply text. Logs DCID events through log.h.
+ * Runs on the caller's sd-event loop; never blocks.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <systemd/sd-event.h>
+
+#include "resolver.h"
+
+typedef enum DeliveryStatus {
+        DELIVERY_PENDING,
+        DELIVERY_DELIVERED,
+        DELIVERY_DEFERRED,
+        DELIVERY_FAILED,
+        _DELIVERY_STATUS_MAX,
+} DeliveryStatus;
+
+typedef struct DeliveryRcpt {
+        uint32_t rid;
+        char *address;
+        DeliveryStatus status;          /* out */
+        char *reply;                    /* out: "550 5.1.1 no such user" or our reason */
+} DeliveryRcpt;
+
+typedef struct DeliveryMessage {
+        uint64_t mid;
+        char *sender;                   /* "" = <> */
+        int data_fd;                    /* owned by the job, closed by delivery_job_free */
+        uint64_t data_offset;
+        uint64_t data_size;
+        DeliveryRcpt *rcpts;
+        size_t n_rcpts;
+} DeliveryMessage;
+
+typedef struct DeliveryJob {
+        uint64_t dcid;
+        char *domain;
+        char *helo_name;                /* our host name for EHLO */
+        char *maildir;                  /* set: local delivery into this directory
+                                         * (local_deliver() per recipient), no SMTP */
+        ResolvedTarget *targets;        /* in order */
+        size_t n_targets;
+        DeliveryMessage *messages;
+        size_t n_messages;
+        uint64_t connect_timeout;       /* usec */
+        uint64_t command_timeout;       /* usec, RFC 5321 4.5.3.2 */
+        uint64_t data_timeout;          /* usec for the reply to "." */
+        void *userdata;                 /* the queue's */
+} DeliveryJob;
+
+void delivery_job_free(DeliveryJob *j);
+
+typedef void (*smtp_client_done_fn_t)(DeliveryJob *job, void *userdata);
+
+/* Starts the delivery; done() runs on the same loop when every recipient
+ * has a final status for this attempt. The job stays owned by the caller. */
+int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done, void *userdata);

@@ -1,0 +1,758 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * smtp-client against real peers: a scripted SMTP server in a forked child
+ * (exact replies, records every command line and the DATA bytes it
+ * received) and Postfix's smtp-sink when it is installed. Checks the
+ * recipient statuses, the reply texts, the command sequence (pipelining,
+ * RSET, HELO fallback) and that the peer received the spooled bytes plus
+ * ".\r\n" exactly.
+ */
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <systemd/sd-event.h>
+
+#include "smtp-client.h"
+#include "tap.h"
+#include "util/macro.h"
+
+#define PEER_RCPTS_MAX 8
+#define TEST_TIMEOUT_USEC (15 * USEC_PER_SEC)
+
+static char workdir[] = "/tmp/test-smtp-client.XXXXXX";
+
+/* ---- scripted peer ---- */
+
+typedef struct PeerScript {
+        const char *greeting;           /* NULL: say nothing (timeout) */
+        const char *ehlo;               /* full reply incl. CRLF */
+        const char *helo;
+        const char *mail;               /* "CLOSE": hang up instead */
+        const char *rcpt[PEER_RCPTS_MAX]; /* by RCPT order over the session */
+        const char *data;
+        const char *dot;                /* NULL: never answer (timeout) */
+        unsigned connections;
+} PeerScript;
+
+static const char *EHLO_PIPE = "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n";
+static const char *EHLO_PLAIN = "250-peer.test\r\n250 8BITMIME\r\n";
+
+static int listen_any(uint16_t *ret_port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0 || bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 8) < 0 ||
+            getsockname(fd, (struct sockaddr *) &sa, &len) < 0)
+                abort();
+        *ret_port = ntohs(sa.sin_port);
+        return fd;
+}
+
+static void put(int fd, const char *s) {
+        size_t n = strlen(s);
+        while (n > 0) {
+                ssize_t k = write(fd, s, n);
+                if (k <= 0)
+                        _exit(0);
+                s += k;
+                n -= (size_t) k;
+        }
+}
+
+static void append_file(const char *name, const char *p, size_t n) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", workdir, name);
+        int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd < 0)
+                _exit(2);
+        if (write(fd, p, n) != (ssize_t) n)
+                _exit(2);
+        close(fd);
+}
+
+static size_t count_lines(const char *p, size_t n) {
+        size_t c = 0;
+        for (size_t i = 0; i < n; i++)
+                c += p[i] == '\n';
+        return c;
+}
+
+/* One session; returns when the client quits or hangs up. */
+static void peer_session(int fd, const PeerScript *s, unsigned *rcpt_i, unsigned *data_i) {
+        static char buf[4 * 1024 * 1024];
+        size_t len = 0;
+        bool in_data = false;
+        unsigned accepted = 0;          /* RCPTs accepted in this transaction */
+
+        if (!s->greeting) {
+                char c;
+                (void) read(fd, &c, 1);         /* until the client gives up */
+                return;
+        }
+        put(fd, s->greeting);
+        if (strncmp(s->greeting, "2", 1) != 0) {
+                char c;
+                (void) read(fd, &c, 1);
+                return;
+        }
+
+        for (;;) {
+                ssize_t n = read(fd, buf + len, sizeof(buf) - len);
+                if (n <= 0)
+                        return;
+                len += (size_t) n;
+
+                for (;;) {
+                        if (in_data) {
+                                /* Data ends with CRLF "." CRLF, or is just "." CRLF. */
+                                char *end = NULL;
+                                size_t endlen = 0;
+                                if (len >= 3 && memcmp(buf, ".\r\n", 3) == 0)
+                                        end = buf, endlen = 3;
+                                else {
+                                        char *e = memmem(buf, len, "\r\n.\r\n", 5);
+                                        if (e)
+                                                end = e, endlen = 5;
+                                }
+                                if (!end)
+                                        break;
+                                size_t total = (size_t) (end - buf) + endlen;
+                                char name[32];
+                                snprintf(name, sizeof(name), "data.%u", (*data_i)++);
+                                append_file(name, buf, total);
+                                memmove(buf, buf + total, len - total);
+                                len -= total;
+                                in_data = false;
+                                if (!s->dot) {
+                                        char c;
+                                        (void) read(fd, &c, 1);
+                                        return;
+                                }
+                                put(fd, s->dot);
+                                continue;
+                        }
+
+                        char *lf = memchr(buf, '\n', len);
+                        if (!lf)
+                                break;
+                        size_t ll = (size_t) (lf - buf) + 1;
+                        char line[1024], rec[1100];
+                        snprintf(line, sizeof(line), "%.*s", (int) MIN(ll - 2, sizeof(line) - 1), buf);
+                        memmove(buf, buf + ll, len - ll);
+                        len -= ll;
+                        /* Lines already waiting behind this one show pipelining. */
+                        int m = snprintf(rec, sizeof(rec), "%s [+%zu]\n", line, count_lines(buf, len));
+                        append_file("cmds", rec, (size_t) m);
+
+                        if (strncasecmp(line, "EHLO", 4) == 0)
+                                put(fd, s->ehlo);
+                        else if (strncasecmp(line, "HELO", 4) == 0)
+                                put(fd, s->helo ?: "250 peer.test\r\n");
+                        else if (strncasecmp(line, "MAIL", 4) == 0) {
+                                if (s->mail && streq(s->mail, "CLOSE"))
+                                        return;
+                                accepted = 0;
+                                put(fd, s->mail ?: "250 2.1.0 Ok\r\n");
+                        } else if (strncasecmp(line, "RCPT", 4) == 0) {
+                                unsigned i = (*rcpt_i)++;
+                                const char *rr = i < PEER_RCPTS_MAX && s->rcpt[i] ? s->rcpt[i] : "250 2.1.5 Ok\r\n";
+                                accepted += rr[0] == '2';
+                                put(fd, rr);
+                        } else if (strncasecmp(line, "DATA", 4) == 0) {
+                                /* Like Postfix: no DATA without a recipient (RFC 2920 3.1). */
+                                const char *d = s->data ?: accepted > 0 ? "354 End data with <CR><LF>.<CR><LF>\r\n" :
+                                                "554 5.5.1 Error: no valid recipients\r\n";
+                                put(fd, d);
+                                in_data = strncmp(d, "354", 3) == 0;
+                        } else if (strncasecmp(line, "RSET", 4) == 0)
+                                put(fd, "250 2.0.0 Ok\r\n");
+                        else if (strncasecmp(line, "QUIT", 4) == 0) {
+                                put(fd, "221 2.0.0 Bye\r\n");
+                                return;
+                        } else
+                                put(fd, "502 5.5.2 Error: command not recognized\r\n");
+                }
+        }
+}
+
+static pid_t peer_start(const PeerScript *s, uint16_t *ret_port) {
+        int lfd = listen_any(ret_port);
+        pid_t pid = fork();
+
+        if (pid < 0)
+                abort();
+        if (pid == 0) {
+                unsigned rcpt_i = 0, data_i = 0;
+                alarm(20);
+                for (unsigned i = 0; i < MAX(s->connections, 1u); i++) {
+                        int fd = accept(lfd, NULL, NULL);
+                        if (fd < 0)
+                                _exit(1);
+                        peer_session(fd, s, &rcpt_i, &data_i);
+                        close(fd);
+                }
+                _exit(0);
+        }
+        close(lfd);
+        return pid;
+}
+
+static void peer_stop(pid_t pid) {
+        (void) kill(pid, SIGTERM);
+        (void) waitpid(pid, NULL, 0);
+}
+
+static void clean_dir(const char *dir) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+
+        if (!d)
+                return;
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.') {
+                        char p[512];
+                        snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+                        (void) unlink(p);
+                }
+        closedir(d);
+}
+
+static void clean_workdir(void) {
+        clean_dir(workdir);
+}
+
+static char *read_file(const char *name, size_t *ret_len) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", workdir, name);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return NULL;
+        char *p = malloc(8 * 1024 * 1024);
+        size_t n = fread(p, 1, 8 * 1024 * 1024 - 1, f);
+        fclose(f);
+        p[n] = '\0';
+        if (ret_len)
+                *ret_len = n;
+        return p;
+}
+
+/* ---- jobs ---- */
+
+static uint16_t closed_port(void) {
+        uint16_t port;
+        close(listen_any(&port));
+        return port;
+}
+
+static void target_set(ResolvedTarget *t, uint16_t port) {
+        struct sockaddr_in *sin = (struct sockaddr_in *) &t->addr;
+
+        *t = (ResolvedTarget) { .host = strdup("peer.test"), .addrlen = sizeof(*sin) };
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+}
+
+/* A data fd as the spool would give it: some envelope bytes, then the
+ * wire form from data_offset. */
+static void message_set(DeliveryMessage *m, uint64_t mid, const char *sender, const char *data, size_t size,
+                        const char *const *rcpts, size_t n) {
+        static const char envelope[] = "ENVELOPE-NOT-TO-BE-SENT\n";
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/spool.%llu", workdir, (unsigned long long) mid);
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0 || write(fd, envelope, sizeof(envelope) - 1) < 0 || write(fd, data, size) != (ssize_t) size)
+                abort();
+        (void) unlink(path);
+
+        *m = (DeliveryMessage) {
+                .mid = mid,
+                .sender = strdup(sender),
+                .data_fd = fd,
+                .data_offset = sizeof(envelope) - 1,
+                .data_size = size,
+                .rcpts = calloc(n, sizeof(DeliveryRcpt)),
+                .n_rcpts = n,
+        };
+        for (size_t i = 0; i < n; i++)
+                m->rcpts[i] = (DeliveryRcpt) { .rid = (uint32_t) i, .address = strdup(rcpts[i]) };
+}
+
+static DeliveryJob *job_new(const uint16_t *ports, size_t n_ports, size_t n_messages) {
+        DeliveryJob *j = calloc(1, sizeof(*j));
+        static uint64_t dcid = 1;
+
+        j->dcid = dcid++;
+        j->domain = strdup("peer.test");
+        j->helo_name = strdup("gw.test");
+        j->targets = calloc(n_ports, sizeof(ResolvedTarget));
+        j->n_targets = n_ports;
+        for (size_t i = 0; i < n_ports; i++)
+                target_set(j->targets + i, ports[i]);
+        j->messages = calloc(n_messages, sizeof(DeliveryMessage));
+        j->n_messages = n_messages;
+        j->connect_timeout = 2 * USEC_PER_SEC;
+        j->command_timeout = 3 * USEC_PER_SEC;
+        j->data_timeout = 3 * USEC_PER_SEC;
+        return j;
+}
+
+static bool job_done_called;
+
+static void on_done(DeliveryJob *job, void *userdata) {
+        job_done_called = true;
+        (void) sd_event_exit(userdata, 0);
+}
+
+static int on_guard(sd_event_source *s, uint64_t usec, void *userdata) {
+        return sd_event_exit(sd_event_source_get_event(s), -ETIME);
+}
+
+/* Runs the job to completion; returns the loop's exit code. */
+static int run_job(DeliveryJob *j) {
+        sd_event *e = NULL;
+        sd_event_source *guard = NULL;
+        int r;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        job_done_called = false;
+        (void) sd_event_add_time_relative(e, &guard, CLOCK_MONOTONIC, TEST_TIMEOUT_USEC, 0, on_guard, NULL);
+        r = smtp_client_start(e, j, on_done, e);
+        if (r >= 0)
+                r = sd_event_loop(e);
+        sd_event_source_unref(guard);
+        sd_event_unref(e);
+        return r;
+}
+
+static const char *MSG1 =
+        "From: <a@src.test>\r\n"
+        "Subject: hello\r\n"
+        "\r\n"
+        "..a line that started with a dot\r\n"
+        "body line\r\n";
+
+/* ---- cases ---- */
+
+static void test_pipelined_delivery(void) {
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PIPE, .dot = "250 2.0.0 Ok: queued as X\r\n",
+                         .connections = 1 };
+        const char *rc[] = { "r1@peer.test", "r2@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+        size_t len;
+
+        message_set(j->messages, 7, "s@src.test", MSG1, strlen(MSG1), rc, 2);
+        is_int(run_job(j), 0, "pipelined: loop ends");
+        ok(job_done_called, "pipelined: done() called");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "pipelined: rcpt 1 delivered");
+        is_int(j->messages[0].rcpts[1].status, DELIVERY_DELIVERED, "pipelined: rcpt 2 delivered");
+        is_str(j->messages[0].rcpts[0].reply, "250 2.0.0 Ok: queued as X", "pipelined: reply text");
+        peer_stop(pid);
+
+        _cleanup_free_ char *data = read_file("data.0", &len);
+        _cleanup_free_ char *want = NULL;
+        if (asprintf(&want, "%s.\r\n", MSG1) < 0)
+                abort();
+        ok(data && len == strlen(want) && memcmp(data, want, len) == 0, "pipelined: peer got data + \".\\r\\n\" exactly");
+
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "EHLO gw.test [+0]\n"), "pipelined: EHLO with helo name");
+        ok(cmds && strstr(cmds, "MAIL FROM:<s@src.test> SIZE=" ) , "pipelined: MAIL with SIZE=");
+        /* With one write, RCPT, RCPT and DATA are behind MAIL when it is read. */
+        char batch[64];
+        snprintf(batch, sizeof(batch), "SIZE=%zu [+3]\n", strlen(MSG1));
+        ok(cmds && strstr(cmds, batch), "pipelined: MAIL+RCPTs+DATA in one batch");
+        ok(cmds && strstr(cmds, "QUIT"), "pipelined: QUIT sent");
+        ok(cmds && !strstr(cmds, "RSET"), "pipelined: no RSET needed");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_rcpt_statuses(void) {
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PLAIN,
+                         .rcpt = { "250 2.1.5 Ok\r\n", "450 4.2.0 <r2@peer.test>: mailbox busy\r\n",
+                                   "550-5.1.1 <r3@peer.test>: no such user\r\n550 5.1.1 second line\r\n" },
+                         .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test", "r2@peer.test", "r3@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, 8, "", MSG1, strlen(MSG1), rc, 3);
+        is_int(run_job(j), 0, "rcpt: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "rcpt: 250 -> delivered");
+        is_int(j->messages[0].rcpts[1].status, DELIVERY_DEFERRED, "rcpt: 450 -> deferred");
+        is_str(j->messages[0].rcpts[1].reply, "450 4.2.0 <r2@peer.test>: mailbox busy", "rcpt: 450 text");
+        is_int(j->messages[0].rcpts[2].status, DELIVERY_FAILED, "rcpt: 550 -> failed");
+        is_str(j->messages[0].rcpts[2].reply, "550 5.1.1 <r3@peer.test>: no such user", "rcpt: 550 first line");
+        peer_stop(pid);
+
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "MAIL FROM:<> [+0]\n"), "no pipelining: null sender, MAIL alone, no SIZE");
+        ok(cmds && strstr(cmds, "RCPT TO:<r1@peer.test> [+0]\n") && strstr(cmds, "RCPT TO:<r3@peer.test> [+0]\n"),
+           "no pipelining: one command at a time");
+        _cleanup_free_ char *data = read_file("data.0", NULL);
+        ok(data && strncmp(data, MSG1, strlen(MSG1)) == 0, "rcpt: message sent for the accepted one");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_dot_reply(const char *dot, DeliveryStatus want, const char *want_text, const char *name) {
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PIPE, .dot = dot, .connections = 1 };
+        const char *rc[] = { "r1@peer.test", "r2@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, 9, "s@src.test", MSG1, strlen(MSG1), rc, 2);
+        is_int(run_job(j), 0, "%s: loop ends", name);
+        is_int(j->messages[0].rcpts[0].status, want, "%s: rcpt 1 status", name);
+        is_int(j->messages[0].rcpts[1].status, want, "%s: rcpt 2 status", name);
+        is_str(j->messages[0].rcpts[0].reply, want_text, "%s: reply text", name);
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_greeting_421(void) {
+        PeerScript s = { .greeting = "421 4.3.2 peer.test busy\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, 10, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "421 greeting: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "421 greeting: deferred");
+        is_str(j->messages[0].rcpts[0].reply, "421 4.3.2 peer.test busy", "421 greeting: reason kept");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_fallback_targets(void) {
+        /* refused port, then a 554 greeting, then a working peer */
+        PeerScript bad = { .greeting = "554 5.3.2 no service here\r\n", .connections = 1 };
+        PeerScript good = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PIPE, .dot = "250 2.0.0 Ok\r\n",
+                            .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t ports[3];
+        ports[0] = closed_port();
+        pid_t pid1 = peer_start(&bad, &ports[1]);
+        pid_t pid2 = peer_start(&good, &ports[2]);
+        DeliveryJob *j = job_new(ports, 3, 1);
+
+        message_set(j->messages, 11, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "fallback: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "fallback: refused + 554 greeting skipped, delivered");
+        peer_stop(pid1);
+        peer_stop(pid2);
+        delivery_job_free(j);
+        clean_workdir();
+
+        /* All targets fail: deferred with the last reason. */
+        ports[0] = closed_port();
+        ports[1] = closed_port();
+        j = job_new(ports, 2, 1);
+        message_set(j->messages, 12, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "all refused: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "all refused: deferred");
+        ok(j->messages[0].rcpts[0].reply && strstr(j->messages[0].rcpts[0].reply, "Connection refused") &&
+           strncmp(j->messages[0].rcpts[0].reply, "451 4.4.1 ", 10) == 0, "all refused: reason \"%s\"",
+           j->messages[0].rcpts[0].reply ?: "(null)");
+        delivery_job_free(j);
+
+        /* No target at all. */
+        j = job_new(ports, 0, 1);
+        message_set(j->messages, 13, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "no targets: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "no targets: deferred");
+        delivery_job_free(j);
+}
+
+static void test_helo_fallback(void) {
+        PeerScript s = { .greeting = "220 peer.test SMTP\r\n", .ehlo = "500 5.5.1 command unrecognized\r\n",
+                         .dot = "250 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, 14, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "helo: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "helo: delivered after EHLO 500");
+        is_str(j->messages[0].rcpts[0].reply, "250 Ok", "helo: reply without enhanced code");
+        peer_stop(pid);
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "HELO gw.test") && strstr(cmds, "MAIL FROM:<s@src.test> [+0]"),
+           "helo: HELO sent, no SIZE, no pipelining");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_timeouts(void) {
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+
+        PeerScript silent = { .greeting = NULL, .connections = 1 };
+        pid_t pid = peer_start(&silent, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+        j->command_timeout = 300 * USEC_PER_MSEC;
+        message_set(j->messages, 15, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        uint64_t t0 = (uint64_t) time(NULL);
+        is_int(run_job(j), 0, "greeting timeout: loop ends");
+        ok((uint64_t) time(NULL) - t0 < 5, "greeting timeout: bounded by command_timeout");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "greeting timeout: deferred");
+        ok(j->messages[0].rcpts[0].reply && strstr(j->messages[0].rcpts[0].reply, "timeout"),
+           "greeting timeout: reason \"%s\"", j->messages[0].rcpts[0].reply ?: "(null)");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+
+        PeerScript nodot = { .greeting = "220 peer.test\r\n", .ehlo = EHLO_PIPE, .dot = NULL, .connections = 1 };
+        pid = peer_start(&nodot, &port);
+        j = job_new(&port, 1, 1);
+        j->data_timeout = 300 * USEC_PER_MSEC;
+        message_set(j->messages, 16, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "dot timeout: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "dot timeout: deferred");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+
+        PeerScript hangup = { .greeting = "220 peer.test\r\n", .ehlo = EHLO_PLAIN, .mail = "CLOSE", .connections = 1 };
+        pid = peer_start(&hangup, &port);
+        j = job_new(&port, 1, 1);
+        message_set(j->messages, 17, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "hangup: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "hangup after MAIL: deferred");
+        ok(j->messages[0].rcpts[0].reply && strncmp(j->messages[0].rcpts[0].reply, "451 4.4.2 ", 10) == 0,
+           "hangup: reason \"%s\"", j->messages[0].rcpts[0].reply ?: "(null)");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_reuse_size_rset(void) {
+        /* msg 1: every RCPT refused (DATA 554 -> RSET); msg 2: over SIZE,
+         * refused locally; msg 3: big body, no final CRLF; one connection. */
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n",
+                         .ehlo = "250-peer.test\r\n250-PIPELINING\r\n250 SIZE 5000000\r\n",
+                         .rcpt = { "550 5.1.1 no\r\n" },
+                         .data = NULL, .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        size_t big_len = 3 * 1024 * 1024 + 17, len;
+        char *big = malloc(big_len), *huge = malloc(5000001);
+
+        for (size_t i = 0; i < big_len; i++)
+                big[i] = (i % 100 == 98) ? '\r' : (i % 100 == 99) ? '\n' : (char) ('a' + i % 26);
+        big[big_len - 1] = 'z';         /* no CRLF at the end */
+        memset(huge, 'x', 5000001);
+
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 3);
+        message_set(j->messages + 0, 20, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        message_set(j->messages + 1, 21, "s@src.test", huge, 5000001, rc, 1);
+        message_set(j->messages + 2, 22, "s@src.test", big, big_len, rc, 1);
+        is_int(run_job(j), 0, "reuse: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_FAILED, "reuse: msg 1 rcpt refused");
+        is_int(j->messages[1].rcpts[0].status, DELIVERY_FAILED, "reuse: msg 2 over SIZE refused locally");
+        ok(j->messages[1].rcpts[0].reply && strncmp(j->messages[1].rcpts[0].reply, "552 5.3.4 ", 10) == 0,
+           "reuse: SIZE reason \"%s\"", j->messages[1].rcpts[0].reply ?: "(null)");
+        is_int(j->messages[2].rcpts[0].status, DELIVERY_DELIVERED, "reuse: msg 3 delivered on the same connection");
+        peer_stop(pid);
+
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "RSET"), "reuse: RSET after the refused transaction");
+        ok(cmds && !strstr(cmds, "SIZE=5000001"), "reuse: oversized message never offered");
+        _cleanup_free_ char *data = read_file("data.0", &len);
+        ok(data && len == big_len + 5 && memcmp(data, big, big_len) == 0 && memcmp(data + big_len, "\r\n.\r\n", 5) == 0,
+           "reuse: 3 MB body intact, CRLF added before \".\"");
+        _cleanup_free_ char *none = read_file("data.1", NULL);
+        ok(!none, "reuse: the refused transaction carried no data");
+        free(big);
+        free(huge);
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_pipelined_no_rcpt(void) {
+        /* A server that answers a pipelined DATA with 354 although every
+         * RCPT was refused: the client ends it with a bare "." at once. */
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PIPE,
+                         .rcpt = { "550 5.1.1 no\r\n" }, .data = "354 go ahead\r\n",
+                         .dot = "554 5.5.1 no valid recipients\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        size_t len;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, 23, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "354 without rcpt: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_FAILED, "354 without rcpt: RCPT reply decides");
+        is_str(j->messages[0].rcpts[0].reply, "550 5.1.1 no", "354 without rcpt: RCPT text kept");
+        peer_stop(pid);
+        _cleanup_free_ char *data = read_file("data.0", &len);
+        ok(data && len == 3 && memcmp(data, ".\r\n", 3) == 0, "354 without rcpt: empty data, no body sent");
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "QUIT"), "354 without rcpt: session ends with QUIT");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+/* ---- smtp-sink ---- */
+
+static const char *SMTP_SINK = "/usr/sbin/smtp-sink";
+
+static pid_t sink_start(const char *dir, const char *extra, uint16_t *ret_port) {
+        char listen_arg[64], tmpl[512];
+        *ret_port = closed_port();
+        snprintf(listen_arg, sizeof(listen_arg), "127.0.0.1:%u", *ret_port);
+        snprintf(tmpl, sizeof(tmpl), "%s/%%M.", dir);
+
+        pid_t pid = fork();
+        if (pid == 0) {
+                int null = open("/dev/null", O_RDWR);
+                dup2(null, 1);
+                dup2(null, 2);
+                if (extra)
+                        execl(SMTP_SINK, "smtp-sink", "-u", "nobody", "-d", tmpl, extra, "RCPT", listen_arg, "10",
+                              (char *) NULL);
+                else
+                        execl(SMTP_SINK, "smtp-sink", "-u", "nobody", "-d", tmpl, listen_arg, "10", (char *) NULL);
+                _exit(127);
+        }
+        /* Wait until it listens. */
+        for (int i = 0; i < 100; i++) {
+                struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*ret_port),
+                                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                int r = connect(fd, (struct sockaddr *) &sa, sizeof(sa));
+                close(fd);
+                if (r == 0)
+                        break;
+                usleep(20000);
+        }
+        return pid;
+}
+
+static char *sink_dump(const char *dir) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        char *content = NULL;
+
+        if (!d)
+                return NULL;
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.' && !content) {
+                        char name[512];
+                        snprintf(name, sizeof(name), "sink/%s", de->d_name);
+                        content = read_file(name, NULL);
+                }
+        closedir(d);
+        return content;
+}
+
+static void test_smtp_sink(void) {
+        char dir[512];
+        const char *rc[] = { "r1@peer.test", "r2@peer.test" };
+        uint16_t port;
+
+        if (access(SMTP_SINK, X_OK) < 0 || geteuid() != 0) {
+                tap_skip("smtp-sink delivery", "needs /usr/sbin/smtp-sink and root (-u nobody)");
+                return;
+        }
+        snprintf(dir, sizeof(dir), "%s/sink", workdir);
+        /* smtp-sink writes as nobody. */
+        (void) chmod(workdir, 0711);
+        (void) mkdir(dir, 0777);
+        (void) chmod(dir, 0777);
+
+        pid_t pid = sink_start(dir, NULL, &port);
+        DeliveryJob *j = job_new(&port, 1, 1);
+        message_set(j->messages, 30, "s@src.test", MSG1, strlen(MSG1), rc, 2);
+        is_int(run_job(j), 0, "smtp-sink: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "smtp-sink: rcpt 1 delivered");
+        is_int(j->messages[0].rcpts[1].status, DELIVERY_DELIVERED, "smtp-sink: rcpt 2 delivered");
+        is_str(j->messages[0].rcpts[0].reply, "250 2.0.0 Ok", "smtp-sink: reply");
+        usleep(100000);
+        _cleanup_free_ char *dump = sink_dump(dir);
+        /* smtp-sink offers no SIZE, so none is sent. */
+        ok(dump && strstr(dump, "X-Mail-Args: <s@src.test>\n"), "smtp-sink: MAIL args without SIZE");
+        ok(dump && strstr(dump, "X-Rcpt-Args: <r1@peer.test>") && strstr(dump, "X-Rcpt-Args: <r2@peer.test>"),
+           "smtp-sink: both recipients");
+        /* smtp-sink removes the stuffing and stores LF line ends. */
+        ok(dump && strstr(dump, "\nSubject: hello\n\n.a line that started with a dot\nbody line\n"),
+           "smtp-sink: body arrived, stuffing undone by the peer");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+        clean_dir(dir);
+
+        pid = sink_start(dir, "-r", &port);
+        j = job_new(&port, 1, 1);
+        message_set(j->messages, 31, "s@src.test", MSG1, strlen(MSG1), rc, 2);
+        is_int(run_job(j), 0, "smtp-sink -r RCPT: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "smtp-sink -r RCPT: deferred");
+        is_int(j->messages[0].rcpts[1].status, DELIVERY_DEFERRED, "smtp-sink -r RCPT: deferred (2)");
+        is_str(j->messages[0].rcpts[0].reply, "450 4.3.0 Error: command failed", "smtp-sink -r RCPT: reply");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+
+        pid = sink_start(dir, "-f", &port);
+        j = job_new(&port, 1, 1);
+        message_set(j->messages, 32, "s@src.test", MSG1, strlen(MSG1), rc, 2);
+        is_int(run_job(j), 0, "smtp-sink -f RCPT: loop ends");
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_FAILED, "smtp-sink -f RCPT: failed");
+        is_str(j->messages[0].rcpts[1].reply, "500 5.3.0 Error: command failed", "smtp-sink -f RCPT: reply");
+        peer_stop(pid);
+        delivery_job_free(j);
+        clean_workdir();
+        clean_dir(dir);
+        (void) rmdir(dir);
+}
+
+int main(void) {
+        /* The daemon ignores SIGPIPE; so must the test (sendfile(2)). */
+        signal(SIGPIPE, SIG_IGN);
+        if (!mkdtemp(workdir))
+                return 77;
+
+        test_pipelined_delivery();
+        test_rcpt_statuses();
+        test_dot_reply("451 4.3.0 try again later\r\n", DELIVERY_DEFERRED, "451 4.3.0 try again later", "dot 451");
+        test_dot_reply("554 5.7.1 rejected for policy reasons\r\n", DELIVERY_FAILED,
+                       "554 5.7.1 rejected for policy reasons", "dot 554");
+        test_greeting_421();
+        test_fallback_targets();
+        test_helo_fallback();
+        test_timeouts();
+        test_reuse_size_rset();
+        test_pipelined_no_rcpt();
+        test_smtp_sink();
+
+        clean_workdir();
+        (void) rmdir(workdir);
+        return tap_done();
+}
