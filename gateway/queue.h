@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * The delivery queue: every spooled message's pending recipients, grouped
+ * by destination domain, scheduled under the destination controls.
+ *
+ * Runs on the main loop. For a domain with due recipients and a free
+ * connection slot it resolves the route (route.h), builds a DeliveryJob of
+ * up to max_messages_per_connection messages and hands it to `dispatch`
+ * (a worker thread runs it and the manager calls queue_job_done() back on
+ * the main loop). Outcomes: delivered recipients are recorded and the
+ * message removed when none is left; 4xx and connection failures are
+ * retried with exponential backoff (retry_min doubling up to retry_max);
+ * 5xx, permanent DNS failures and recipients older than the queue lifetime
+ * bounce: a RFC 3464 DSN goes to the sender through the spool and this
+ * queue (never for a <> sender). Logs Delayed/Bounced/Message done lines.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "resolver.h"
+#include "smtp-client.h"
+#include "spool.h"
+#include "util/mailbox.h"
+
+typedef struct Queue Queue;
+
+/* Hands a job to a worker; the job comes back through queue_job_done(). */
+typedef void (*queue_dispatch_fn_t)(DeliveryJob *job, void *userdata);
+
+int queue_new(sd_event *e, Mailbox *mailbox, Spool *spool, Resolver *resolver,
+              queue_dispatch_fn_t dispatch, void *userdata, Queue **ret);
+/* Jobs still out with workers must have been completed or abandoned. */
+Queue *queue_free(Queue *q);
+
+/* Takes a reference; applies to scheduling decisions from now on. */
+void queue_set_config(Queue *q, Config *c);
+
+/* Loads every message from the spool (after a restart) and schedules them. */
+int queue_recover(Queue *q);
+
+/* A message that is now durable in the spool (envelope copied). */
+int queue_add(Queue *q, const Envelope *env, uint64_t data_size);
+
+/* Results of a dispatched job (status/reply per recipient filled in);
+ * frees the job. */
+void queue_job_done(Queue *q, DeliveryJob *job);
+
+/* Makes every deferred recipient due now. */
+void queue_flush(Queue *q);
+/* Stops starting new jobs (shutdown); jobs in flight still complete. */
+void queue_stop(Queue *q);
+
+size_t queue_n_messages(const Queue *q);
+size_t queue_n_active(const Queue *q);  /* jobs out with workers */
