@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Manager: owns everything of the daemon on the main thread: the event
+ * loop, the current Config, the listeners, connection admission (sender
+ * groups, connection limits), the worker threads, the spool, the queue and
+ * the resolver used for routing. Workers never touch the Manager directly;
+ * they post closures to its Mailbox (see worker.h for the protocol).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "queue.h"
+#include "resolver.h"
+#include "spool.h"
+#include "util/mailbox.h"
+
+typedef struct Listener Listener;
+typedef struct Worker Worker;
+typedef struct IpCount IpCount;
+
+/* Buckets of the per-client-IP connection table (chained). */
+#define MANAGER_IP_BUCKETS 1024
+
+typedef struct Manager {
+        sd_event *event;
+        Mailbox *mailbox;
+        Config *config;
+        char *config_path;              /* NULL: built-in defaults */
+
+        Spool *spool;
+        Resolver *resolver;
+        Queue *queue;
+
+        Worker **workers;
+        size_t n_workers;
+        size_t next_worker;
+
+        Listener *listeners;            /* linked list */
+
+        IpCount *ip_counts[MANAGER_IP_BUCKETS];
+        uint64_t n_sessions;            /* open inbound sessions */
+        uint64_t n_sessions_total;
+        uint64_t n_messages_received;
+
+        sd_event_source *status_timer;
+        sd_event_source *shutdown_timer;
+        bool stopping;
+        bool aborting;
+        char *last_status;
+} Manager;
+
+int manager_new(Manager **ret);
+Manager *manager_free(Manager *m);
+static inline void manager_freep(Manager **m) {
+        if (*m)
+                manager_free(*m);
+}
+
+/* Loads the config (path NULL = built-in defaults). */
+int manager_load_config(Manager *m, const char *path);
+/* Opens the spool, recovers the queue, starts workers and listeners
+ * (taking systemd's fds by name). */
+int manager_start(Manager *m);
+int manager_run(Manager *m);
+
+/* SIGHUP: re-read, validate, apply; a bad file keeps the running config. */
+int manager_reload(Manager *m);
+/* SIGTERM: stop accepting, drain sessions within shutdown_timeout. */
+void manager_stop(Manager *m);
+
+/* From listener.c, on the main loop: a new inbound connection. Takes fd. */
+void manager_new_connection(Manager *m, Listener *l, int fd, const struct sockaddr *peer, socklen_t peerlen);
+
+/* Posted by workers (through m->mailbox) — see worker.h. */
+void manager_session_closed(Manager *m, const char *listener, const struct sockaddr_storage *peer);
+void manager_message_received(Manager *m, Envelope *env, uint64_t size);
+void manager_job_done(Manager *m, DeliveryJob *job);
+void manager_worker_idle(Manager *m, Worker *w);

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Worker threads: one per core, each with its own sd-event loop, running
+ * inbound SMTP sessions and outbound delivery jobs. Nothing is shared
+ * between threads except through Mailboxes (closures run on the owner's
+ * loop), the thread-safe Spool, the journal, and reference-counted
+ * immutable Config objects.
+ *
+ * Main -> worker: worker_add_session(), worker_add_job(), worker_drain(),
+ * worker_abort(). Worker -> main (posted to manager->mailbox):
+ * manager_session_closed(), manager_message_received(), manager_job_done(),
+ * manager_worker_idle() once draining and empty.
+ */
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "resolver.h"
+#include "smtp-client.h"
+#include "spool.h"
+#include "util/mailbox.h"
+
+typedef struct Manager Manager;
+typedef struct SmtpServer SmtpServer;
+
+typedef struct Worker {
+        unsigned index;
+        pthread_t thread;
+        bool started;
+        sd_event *event;
+        Mailbox *mailbox;
+        Mailbox *manager_mailbox;       /* the main loop's */
+        Manager *manager;               /* only ever passed back through manager_mailbox */
+        Spool *spool;
+        Resolver *resolver;             /* reverse DNS for this loop */
+
+        SmtpServer *sessions;           /* linked list, this thread only */
+        unsigned n_jobs;                /* this thread only */
+        atomic_uint n_sessions;         /* read by the main thread for balancing */
+        bool draining;                  /* this thread only */
+        bool reported_idle;             /* main thread only */
+} Worker;
+
+/* What a new session needs, decided by the main thread at accept. */
+typedef struct SessionSetup {
+        int fd;
+        uint64_t icid;
+        Config *config;                 /* a reference for the session's life */
+        const ListenerConfig *listener;
+        const MailFlowPolicy *policy;
+        const SenderGroup *sender_group;
+        char match[CIDR_STRLEN];        /* the sender group source that matched */
+        char listener_addr[INET6_ADDRSTRLEN];
+        struct sockaddr_storage peer;
+        socklen_t peerlen;
+} SessionSetup;
+
+int worker_new(Manager *m, unsigned index, Mailbox *manager_mailbox, Spool *spool,
+               char * const *dns_servers, Worker **ret);
+int worker_start(Worker *w);
+/* Joins the thread (after it has exited) and frees. */
+Worker *worker_free(Worker *w);
+
+/* Each takes ownership of its argument (setup is freed, fd closed on error). */
+int worker_add_session(Worker *w, SessionSetup *setup);
+int worker_add_job(Worker *w, DeliveryJob *job);
+/* Finish sessions and jobs, then report manager_worker_idle(). */
+void worker_drain(Worker *w);
+/* Sessions get 421 and close now; the thread's loop exits. */
+void worker_abort(Worker *w);
+/* The loop exits (after drain/abort). */
+void worker_exit(Worker *w);
+
+/* For sessions: tell the main thread. */
+void worker_session_closed(Worker *w, SmtpServer *s);
+void worker_message_received(Worker *w, const Envelope *env, uint64_t size);
+/* After a session unlinked itself (drain completion check). */
+void worker_session_gone(Worker *w);
