@@ -3,7 +3,7 @@
 
 /*
  * The gateway configuration: typed objects read from one libconfig file
- * (see docs/tlsgw.conf.5.md) or built from the built-in defaults.
+ * (see docs/configuration.md) or built from the built-in defaults.
  *
  * A Config is immutable once loaded and validated: the manager swaps whole
  * Config objects on reload (reference counted, so sessions that started

@@ -942,7 +942,13 @@ static int client_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 static void deliver_maildir(DeliveryJob *j) {
         for (size_t m = 0; m < j->n_messages; m++) {
                 DeliveryMessage *msg = j->messages + m;
+                _cleanup_free_ uint32_t *rids = calloc(msg->n_rcpts + 1, sizeof *rids);
 
+                if (rids) {
+                        for (size_t k = 0; k < msg->n_rcpts; k++)
+                                rids[k] = msg->rcpts[k].rid;
+                        log_delivery_start(j->dcid, msg->mid, rids, msg->n_rcpts);
+                }
                 for (size_t k = 0; k < msg->n_rcpts; k++) {
                         DeliveryRcpt *rc = msg->rcpts + k;
                         _cleanup_free_ char *name = NULL, *text = NULL;

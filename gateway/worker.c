@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "local-delivery.h"
 #include "log.h"
 #include "manager.h"
 #include "smtp-client.h"
@@ -261,40 +260,6 @@ static void job_fail_all(DeliveryJob *job, const char *reply) {
                 }
 }
 
-/* Maildir routes: blocking file I/O is fine on a worker thread. */
-static void job_run_local(DeliveryJob *job) {
-        for (size_t i = 0; i < job->n_messages; i++) {
-                DeliveryMessage *msg = &job->messages[i];
-                _cleanup_free_ uint32_t *rids = calloc(msg->n_rcpts + 1, sizeof *rids);
-
-                if (rids) {
-                        for (size_t j = 0; j < msg->n_rcpts; j++)
-                                rids[j] = msg->rcpts[j].rid;
-                        log_delivery_start(job->dcid, msg->mid, rids, msg->n_rcpts);
-                }
-
-                for (size_t j = 0; j < msg->n_rcpts; j++) {
-                        DeliveryRcpt *rc = &msg->rcpts[j];
-                        _cleanup_free_ char *name = NULL;
-                        char buf[256];
-                        int r;
-
-                        r = local_deliver(job->maildir, msg->mid, rc->rid, msg->sender, rc->address,
-                                          msg->data_fd, msg->data_offset, msg->data_size, &name);
-                        free(rc->reply);
-                        if (r < 0) {
-                                errno = -r;
-                                snprintf(buf, sizeof buf, "451 4.3.0 local delivery to %s failed: %m", job->maildir);
-                                rc->status = DELIVERY_DEFERRED;
-                        } else {
-                                snprintf(buf, sizeof buf, "250 2.0.0 delivered to maildir as %s", name);
-                                rc->status = DELIVERY_DELIVERED;
-                        }
-                        rc->reply = strdup(buf);
-                }
-        }
-}
-
 static void call_add_job(void *userdata) {
         WorkerCall *c = userdata;
         Worker *w = c->worker;
@@ -304,12 +269,8 @@ static void call_add_job(void *userdata) {
         worker_call_free(c);
         w->n_jobs++;
 
-        if (job->maildir) {
-                job_run_local(job);
-                worker_job_finished(w, job);
-                return;
-        }
-
+        /* SMTP and maildir routes alike; maildir is blocking file I/O,
+         * which is fine on a worker thread. */
         r = smtp_client_start(w->event, job, job_smtp_done, w);
         if (r < 0) {
                 char buf[128];
