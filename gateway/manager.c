@@ -196,9 +196,12 @@ int manager_load_config(Manager *m, const char *path) {
         if (path) {
                 r = config_load(path, &c, &error);
                 if (r < 0) {
-                        if (error)
-                                log_error("%s", error);
-                        return log_error_errno(r, "Configuration %s is not valid, refusing to start.", path);
+                        /* At start the administrator is looking at the
+                         * terminal (or systemd's capture of stderr), not
+                         * necessarily at our journal entries. */
+                        fprintf(stderr, "%s\ntlsgwd: configuration %s is not valid, refusing to start.\n",
+                                error ?: strerror(-r), path);
+                        return r;
                 }
                 m->config_path = strdup(path);
                 if (!m->config_path) {
