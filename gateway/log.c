@@ -43,6 +43,11 @@
 #define LOG_MESSAGE_ID_CONNECTION_ERROR "314bba968a244a61bf31b02025f012b3"
 #define LOG_MESSAGE_ID_DCID_CLOSE       "50c68e61ae3f4444aa6ab7ebc58e4724"
 #define LOG_MESSAGE_ID_BOUNCE_GENERATED "6d4d2e36f0b74ab0a97d2e6d5b0296cf"
+#define LOG_MESSAGE_ID_ICID_TLS         "8a3d5f7c2b1e4c9a9f6e0d1c2b3a4958"
+#define LOG_MESSAGE_ID_ICID_TLS_FAILED  "c47e1b2a9d8f4e3b8a7c6d5e4f3a2b19"
+#define LOG_MESSAGE_ID_DCID_TLS         "5b9c8d7e6f5a4b3c9d8e7f6a5b4c3d2e"
+#define LOG_MESSAGE_ID_DCID_TLS_FAILED  "e1f2a3b4c5d64e7f8a9b0c1d2e3f4a5b"
+#define LOG_MESSAGE_ID_TLS_ALERT        "7f6e5d4c3b2a49188f7e6d5c4b3a2910"
 
 /* Client-supplied strings in a line are cut to this (RFC 5321 paths are at
  * most 256 octets; replies are longer but a log line should stay readable). */
@@ -459,5 +464,104 @@ void log_bounce_generated(uint64_t new_mid, uint64_t orig_mid) {
         entry_add(&e, "TLSGW_MID=%" PRIu64, new_mid);
         entry_add(&e, "TLSGW_ORIG_MID=%" PRIu64, orig_mid);
         entry_message(&e, "MID %" PRIu64 " was generated based on MID %" PRIu64 " by bounce", new_mid, orig_mid);
+        entry_submit(&e);
+}
+
+/* ---- TLS ---- */
+
+static const char *ktls_words(bool tx, bool rx) {
+        return tx && rx ? " ktls tx rx" : tx ? " ktls tx" : rx ? " ktls rx" : "";
+}
+
+void log_icid_tls(uint64_t icid, const char *protocol, const char *cipher, bool ktls_tx, bool ktls_rx,
+                  int peer_cert, const char *peer_cn, const char *verify_error) {
+        char cn[LOG_UNTRUSTED_MAX], verify[LOG_UNTRUSTED_MAX + 64] = "";
+        LogEntry e;
+
+        if (peer_cert >= 0)
+                snprintf(verify, sizeof verify, " client certificate verified %s%s%s",
+                         peer_cert > 0 ? "yes" : "no",
+                         peer_cn ? " CN " : "", peer_cn ? untrusted(peer_cn, cn) : "");
+
+        entry_begin(&e, LOG_INFO, LOG_MESSAGE_ID_ICID_TLS);
+        entry_add(&e, "TLSGW_ICID=%" PRIu64, icid);
+        entry_add(&e, "TLSGW_TLS_PROTOCOL=%s", protocol);
+        entry_add(&e, "TLSGW_TLS_CIPHER=%s", cipher);
+        entry_add(&e, "TLSGW_KTLS_TX=%d", ktls_tx);
+        entry_add(&e, "TLSGW_KTLS_RX=%d", ktls_rx);
+        if (peer_cert >= 0)
+                entry_add(&e, "TLSGW_TLS_VERIFIED=%d", peer_cert > 0);
+        if (peer_cn)
+                entry_add(&e, "TLSGW_TLS_PEER_CN=%s", untrusted(peer_cn, cn));
+        if (verify_error)
+                entry_add(&e, "TLSGW_TLS_VERIFY_ERROR=%s", verify_error);
+        entry_message(&e, "ICID %" PRIu64 " TLS success protocol %s cipher %s%s%s",
+                      icid, protocol, cipher, ktls_words(ktls_tx, ktls_rx), verify);
+        entry_submit(&e);
+}
+
+void log_icid_tls_failed(uint64_t icid, const char *reason) {
+        char r[LOG_UNTRUSTED_MAX];
+        LogEntry e;
+
+        entry_begin(&e, LOG_NOTICE, LOG_MESSAGE_ID_ICID_TLS_FAILED);
+        entry_add(&e, "TLSGW_ICID=%" PRIu64, icid);
+        entry_add(&e, "TLSGW_REASON=%s", untrusted(reason, r));
+        entry_message(&e, "ICID %" PRIu64 " TLS failed: %s", icid, r);
+        entry_submit(&e);
+}
+
+void log_dcid_tls(uint64_t dcid, const char *protocol, const char *cipher, bool ktls_tx, bool ktls_rx,
+                  int verified, const char *verify_detail) {
+        char v[LOG_UNTRUSTED_MAX + 32] = "", d[LOG_UNTRUSTED_MAX];
+        LogEntry e;
+
+        if (verified > 0)
+                snprintf(v, sizeof v, " verified yes");
+        else if (verified == 0)
+                snprintf(v, sizeof v, " verified no%s%s%s", verify_detail ? " (" : "",
+                         verify_detail ? untrusted(verify_detail, d) : "", verify_detail ? ")" : "");
+
+        entry_begin(&e, LOG_INFO, LOG_MESSAGE_ID_DCID_TLS);
+        entry_add(&e, "TLSGW_DCID=%" PRIu64, dcid);
+        entry_add(&e, "TLSGW_TLS_PROTOCOL=%s", protocol);
+        entry_add(&e, "TLSGW_TLS_CIPHER=%s", cipher);
+        entry_add(&e, "TLSGW_KTLS_TX=%d", ktls_tx);
+        entry_add(&e, "TLSGW_KTLS_RX=%d", ktls_rx);
+        if (verified >= 0)
+                entry_add(&e, "TLSGW_TLS_VERIFIED=%d", verified > 0);
+        entry_message(&e, "DCID %" PRIu64 " TLS success protocol %s cipher %s%s%s",
+                      dcid, protocol, cipher, ktls_words(ktls_tx, ktls_rx), v);
+        entry_submit(&e);
+}
+
+void log_dcid_tls_failed(uint64_t dcid, const char *domain, const char *reason, const char *details) {
+        char d[LOG_UNTRUSTED_MAX];
+        LogEntry e;
+
+        entry_begin(&e, LOG_NOTICE, LOG_MESSAGE_ID_DCID_TLS_FAILED);
+        entry_add(&e, "TLSGW_DCID=%" PRIu64, dcid);
+        entry_add(&e, "TLSGW_DOMAIN=%s", domain);
+        entry_add(&e, "TLSGW_REASON=%s", reason);
+        if (details)
+                entry_add(&e, "TLSGW_REPLY=%s", untrusted(details, d));
+        entry_message(&e, "DCID %" PRIu64 " TLS failed: %s%s%s", dcid, reason,
+                      details ? ": " : "", details ? untrusted(details, d) : "");
+        entry_submit(&e);
+}
+
+void log_tls_alert(const char *domain, const char *reason, const char *details, uint64_t alert_mid) {
+        char d[LOG_UNTRUSTED_MAX];
+        LogEntry e;
+
+        entry_begin(&e, LOG_WARNING, LOG_MESSAGE_ID_TLS_ALERT);
+        entry_add(&e, "TLSGW_DOMAIN=%s", domain);
+        entry_add(&e, "TLSGW_REASON=%s", reason);
+        if (details)
+                entry_add(&e, "TLSGW_REPLY=%s", untrusted(details, d));
+        if (alert_mid > 0)
+                entry_add(&e, "TLSGW_MID=%" PRIu64, alert_mid);
+        entry_message(&e, "Alert: required TLS delivery to %s failed: %s%s%s", domain, reason,
+                      details ? ": " : "", details ? untrusted(details, d) : "");
         entry_submit(&e);
 }

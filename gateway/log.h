@@ -54,6 +54,14 @@ void log_icid_close(uint64_t icid, const char *reason);
 /* "ICID 5 TCPREFUSE ..." and limits hit at accept: "ICID 5 refused: <why>" */
 void log_icid_refused(uint64_t icid, const char *listener, const char *client_ip, const char *why);
 
+/* "ICID 5 TLS success protocol TLSv1.3 cipher TLS_AES_256_GCM_SHA384 ktls tx"
+ * peer_cert: -1 no certificate asked for, 0 asked and none or not verified,
+ * 1 verified ("... client certificate verified yes CN x"). */
+void log_icid_tls(uint64_t icid, const char *protocol, const char *cipher, bool ktls_tx, bool ktls_rx,
+                  int peer_cert, const char *peer_cn, const char *verify_error);
+/* "ICID 5 TLS failed: <OpenSSL reason>" */
+void log_icid_tls_failed(uint64_t icid, const char *reason);
+
 /* ---- messages (MID) ---- */
 void log_mid_start(uint64_t mid, uint64_t icid);                       /* "Start MID 7 ICID 5" */
 void log_mid_from(uint64_t mid, uint64_t icid, const char *sender);    /* untrusted sender */
@@ -81,6 +89,14 @@ void log_delivery_bounced(uint64_t dcid, uint64_t mid, uint32_t rid, const char 
  *  details: <details> interface: 127.0.0.1 reason: <reason>" */
 void log_connection_error(uint64_t dcid, const char *domain, const char *address, uint16_t port,
                           const char *details, const char *interface_addr, const char *reason);
+/* "DCID 3 TLS success protocol TLSv1.2 cipher ECDHE-RSA-AES256-GCM-SHA384 ktls tx rx"
+ * + " verified yes" / " verified no (<why>)" when the policy verifies. */
+void log_dcid_tls(uint64_t dcid, const char *protocol, const char *cipher, bool ktls_tx, bool ktls_rx,
+                  int verified, const char *verify_detail);
+/* "DCID 3 TLS failed: <reason>" */
+void log_dcid_tls_failed(uint64_t dcid, const char *domain, const char *reason, const char *details);
+/* Warning: a required TLS delivery failed; an alert message was sent. */
+void log_tls_alert(const char *domain, const char *reason, const char *details, uint64_t alert_mid);
 /* "DCID 3 close" */
 void log_dcid_close(uint64_t dcid);
 /* "MID 9 was generated based on MID 7 by bounce" */

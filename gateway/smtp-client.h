@@ -21,6 +21,9 @@
 
 #include <systemd/sd-event.h>
 
+#include <openssl/ssl.h>
+
+#include "config.h"
 #include "resolver.h"
 
 typedef enum DeliveryStatus {
@@ -62,7 +65,43 @@ typedef struct DeliveryJob {
         uint64_t command_timeout;       /* usec, RFC 5321 4.5.3.2 */
         uint64_t data_timeout;          /* usec for the reply to "." */
         void *userdata;                 /* the queue's */
+
+        /* STARTTLS (RFC 3207) under the destination's policy; see below. */
+        TlsOutbound tls_mode;
+        SSL_CTX *tls_ctx;               /* a reference owned by the job; NULL with TLS_OUT_NONE */
+        /* out: why the TLS policy could not be met on the last target
+         * tried (NULL when it was), one of the DELIVERY_TLS_* texts, and the
+         * details (peer reply or OpenSSL reason). */
+        const char *tls_failure;
+        char *tls_failure_details;
+        /* out: what the last TLS session was (for the queue's log/stats). */
+        bool tls_used, ktls_tx, ktls_rx, sendfile_used;
 } DeliveryJob;
+
+/* Why a TLS policy was not met (the appliance's reasons). */
+#define DELIVERY_TLS_NO_ESMTP        "the peer does not speak ESMTP (EHLO rejected)"
+#define DELIVERY_TLS_NOT_OFFERED     "STARTTLS not advertised"
+#define DELIVERY_TLS_REFUSED         "STARTTLS answered with an error"
+#define DELIVERY_TLS_HANDSHAKE       "TLS handshake failed"
+#define DELIVERY_TLS_UNTRUSTED       "certificate not trusted"
+#define DELIVERY_TLS_NAME_MISMATCH   "certificate name mismatch"
+
+/*
+ * Outbound TLS semantics (the appliance's):
+ *  none              never STARTTLS.
+ *  preferred         STARTTLS when offered; if STARTTLS is not offered or
+ *                    is answered with an error (before a 220), go on in
+ *                    clear text. After the 220 any failure ends the
+ *                    attempt (recipients deferred): never a fallback.
+ *  required          STARTTLS must succeed; else deferred + tls_failure.
+ *  preferred-verify  as preferred, and the chain (ca_file or system store)
+ *                    and name (the destination domain or the MX host
+ *                    connected to; SNI always sent) are checked; an
+ *                    unverified session still delivers and is logged.
+ *  required-verify   delivers only over a verified session; else
+ *                    deferred + tls_failure (untrusted / name mismatch).
+ * A required* failure tries the next target like any connection failure.
+ */
 
 void delivery_job_free(DeliveryJob *j);
 
