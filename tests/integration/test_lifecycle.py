@@ -294,5 +294,30 @@ def _(ctx):
         check_eq(gw.stop(), 0, "exit status")
 
 
+@case("IPv6: a listener on ::1 and a dual-stack listener on :: accept mail and log the v6 client")
+def _(ctx):
+        if not os.path.exists("/proc/net/if_inet6"):
+                raise Skip("the kernel has no IPv6")
+        ports = {"inbound": free_port(), "submission": free_port()}
+
+        def v6_config(g):
+                c = two_listener_config(g, {"address": "::"})
+                c["listeners"][0]["address"] = "::1"
+                return c
+        gw = ctx.gateway(v6_config, ports=ports)
+        with Smtp(ports["inbound"], host="::1") as c:
+                check_reply(c.greeting, 220, r"^gw-in\.test ", "greeting over IPv6")
+                c.ehlo("client.test")
+                c.mail("a@client.test")
+                c.rcpt("v6@localhost")
+                c.data(message("over IPv6"))
+        with Smtp(ports["submission"], host="::1") as c:
+                check_reply(c.greeting, 220, r"^gw-sub\.test ", "dual-stack listener, IPv6 client")
+        with Smtp(ports["submission"], host="127.0.0.1") as c:
+                check_reply(c.greeting, 220, r"^gw-sub\.test ", "dual-stack listener, IPv4 client")
+        check(wait_until(lambda: gw.maildir(), 10), "the IPv6 message was not delivered")
+        gw.wait_journal(r"^New SMTP ICID \d+ interface inbound \(::1\) address ::1 ")
+
+
 if __name__ == "__main__":
         run()
