@@ -17,6 +17,7 @@
  * Never logs.
  */
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>

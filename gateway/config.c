@@ -13,7 +13,8 @@
  * fixes a broken file in one round.
  *
  * This module does not log, open sockets, resolve names or touch the state
- * directory; it only describes. Functions return negative errno: -EINVAL
+ * directory, CA files or the certificate store; it only describes (TLS
+ * cipher strings are checked by tls.c without building anything). Functions return negative errno: -EINVAL
  * for a configuration with problems (text in *ret_error), -ENOMEM, or the
  * errno of reading the file.
  */
@@ -35,6 +36,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "tls.h"
 #include "util/macro.h"
 #include "util/parse.h"
 
@@ -93,6 +95,25 @@
 #define LISTENER_TLS_DEFAULT TLS_IN_PREFERRED
 #define LISTENER_KTLS_DEFAULT true
 
+/* RFC 8996 retires TLS 1.0 and 1.1 and RFC 9325 3.1.1 asks for TLS 1.2 at
+ * least, so 1.2 is both the default and the lowest value allowed. */
+#define TLS_MIN_VERSION_DEFAULT "TLSv1.2"
+/* A server context holds one certificate per key type (RSA, RSA-PSS, EC,
+ * Ed25519, Ed448); further names could never be served. */
+#define LISTENER_CERTIFICATES_MAX 5U
+
+#define TLS_ALERT_ENABLED_DEFAULT true
+#define TLS_ALERT_INTERVAL_DEFAULT (3600 * USEC_PER_SEC)
+/* Below a minute a flapping peer floods the alert recipients; beyond a
+ * week a new failure goes unnoticed too long. */
+#define TLS_ALERT_INTERVAL_MIN (60 * USEC_PER_SEC)
+#define TLS_ALERT_INTERVAL_MAX (7 * 86400 * USEC_PER_SEC)
+/* A ticket stays valid for two rotation periods and RFC 8446 4.6.1 caps
+ * ticket lifetimes at 7 days: at most 84 hours per period. Rotating more
+ * often than once a minute only defeats resumption. */
+#define TLS_TICKET_ROTATION_MIN (60 * USEC_PER_SEC)
+#define TLS_TICKET_ROTATION_MAX (84 * 3600 * USEC_PER_SEC)
+
 #define ROUTE_PORT_DEFAULT 25                   /* RFC 5321 4.5.4.2 */
 #define ROUTE_WILDCARD "*"
 #define DNS_PORT_DEFAULT 53                     /* RFC 1035 4.2 */
@@ -131,6 +152,12 @@ static const char * const tls_outbound_table[_TLS_OUT_MAX] = {
         [TLS_OUT_REQUIRED]         = "required",
         [TLS_OUT_PREFERRED_VERIFY] = "preferred-verify",
         [TLS_OUT_REQUIRED_VERIFY]  = "required-verify",
+};
+
+/* OpenSSL's protocol names (SSL_get_version()), as written in the file. */
+static const char * const tls_version_table[] = {
+        "TLSv1.2",
+        "TLSv1.3",
 };
 
 static const char * const route_kind_table[_ROUTE_KIND_MAX] = {
@@ -613,6 +640,146 @@ static int get_enum(Diag *d, const config_setting_t *s, const Obj *o, const char
         return 0;
 }
 
+/* Certificate names are directories below STATE/certs/: besides the
+ * general name rule, "." and ".." would leave that directory. */
+static bool certificate_name_is_valid(const char *s) {
+        return name_is_valid(s) && !streq(s, ".") && !streq(s, "..");
+}
+
+static bool tls_version_is_valid(const char *s) {
+        return table_from_string(tls_version_table, ELEMENTSOF(tls_version_table), s) >= 0;
+}
+
+#define CERTIFICATE_NAME_RULE "1..64 characters of A-Z a-z 0-9 . _ -, not \".\" or \"..\""
+
+static void certificate_name_error(Diag *d, const char *file, unsigned line, const Obj *o, const char *name) {
+        char esc[64];
+
+        diag_add(d, file, line, o, "certificate \"%s\" is not a valid certificate name (" CERTIFICATE_NAME_RULE ")",
+                 name ? log_escape(name, strlen(name), esc, sizeof(esc)) : "");
+}
+
+static void tls_version_error(Diag *d, const char *file, unsigned line, const Obj *o, const char *key, const char *v) {
+        char esc[64];
+
+        diag_add(d, file, line, o, "%s \"%s\" is not one of: TLSv1.2, TLSv1.3", key,
+                 v ? log_escape(v, strlen(v), esc, sizeof(esc)) : "");
+}
+
+static void path_error(Diag *d, const char *file, unsigned line, const Obj *o, const char *key, const char *v) {
+        char esc[64];
+
+        diag_add(d, file, line, o, "%s \"%s\" is not an absolute path", key,
+                 v ? log_escape(v, strlen(v), esc, sizeof(esc)) : "");
+}
+
+/* "TLSv1.2" or "TLSv1.3"; the message lists both. */
+static int get_tls_version(Diag *d, const config_setting_t *s, const Obj *o, const char *key, char **ret) {
+        _cleanup_free_ char *v = NULL;
+        int r;
+
+        r = get_string(d, s, o, key, &v);
+        if (r < 0)
+                return r;
+        if (!tls_version_is_valid(v)) {
+                tls_version_error(d, setting_file(d, s), config_setting_source_line(s), o, key, v);
+                return -EINVAL;
+        }
+        free(*ret);
+        *ret = TAKE_PTR(v);
+        return 0;
+}
+
+/* Files the daemon opens later: absolute, so that the meaning does not
+ * depend on the working directory. Whether they exist is checked when the
+ * configuration is applied, not here. */
+static int get_path(Diag *d, const config_setting_t *s, const Obj *o, const char *key, char **ret) {
+        _cleanup_free_ char *v = NULL;
+        int r;
+
+        r = get_string(d, s, o, key, &v);
+        if (r < 0)
+                return r;
+        if (!path_is_absolute_ok(v)) {
+                path_error(d, setting_file(d, s), config_setting_source_line(s), o, key, v);
+                return -EINVAL;
+        }
+        free(*ret);
+        *ret = TAKE_PTR(v);
+        return 0;
+}
+
+static int get_certificate_name(Diag *d, const config_setting_t *s, const Obj *o, const char *key, char **ret) {
+        _cleanup_free_ char *v = NULL;
+        int r;
+
+        r = get_string(d, s, o, key, &v);
+        if (r < 0)
+                return r;
+        if (!certificate_name_is_valid(v)) {
+                certificate_name_error(d, setting_file(d, s), config_setting_source_line(s), o, v);
+                return -EINVAL;
+        }
+        free(*ret);
+        *ret = TAKE_PTR(v);
+        return 0;
+}
+
+/* The listener's certificate list, from either key; an empty list means
+ * the demo certificate (NULL). */
+static void parse_listener_certificates(Diag *d, const config_setting_t *s, const Obj *o, const char *key,
+                                        char ***ret) {
+        _cleanup_strv_free_ char **v = NULL;
+        _cleanup_free_ unsigned *lines = NULL;
+        const char *file = setting_file(d, s);
+        bool bad = false;
+        size_t n;
+
+        if (streq(key, "certificate")) {
+                v = calloc(2, sizeof(char *));
+                if (!v) {
+                        d->oom = true;
+                        return;
+                }
+                if (get_certificate_name(d, s, o, key, &v[0]) < 0)
+                        return;
+        } else {
+                if (get_strv(d, s, o, key, &v, &lines) < 0)
+                        return;
+                n = strv_length(v);
+                if (n > LISTENER_CERTIFICATES_MAX) {
+                        setting_error(d, s, o, "'certificates' lists %zu names, at most %u (one per key type) can be used",
+                                      n, LISTENER_CERTIFICATES_MAX);
+                        return;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        if (!certificate_name_is_valid(v[i])) {
+                                certificate_name_error(d, file, lines[i], o, v[i]);
+                                bad = true;
+                                continue;
+                        }
+                        for (size_t j = 0; j < i; j++)
+                                if (streq(v[j], v[i])) {
+                                        char esc[64];
+
+                                        diag_add(d, file, lines[i], o, "certificate \"%s\" listed twice",
+                                                 log_escape(v[i], strlen(v[i]), esc, sizeof(esc)));
+                                        bad = true;
+                                        break;
+                                }
+                }
+                if (bad)
+                        return;
+                if (n == 0) {
+                        strv_free(v);
+                        v = NULL;
+                }
+        }
+
+        strv_free(*ret);
+        *ret = TAKE_PTR(v);
+}
+
 static void unknown_key(Diag *d, const config_setting_t *s, const Obj *o) {
         const char *k = config_setting_name(s);
         char esc[64];
@@ -706,6 +873,7 @@ static void parse_limits(Diag *d, const config_setting_t *g, const Obj *o, bool 
 }
 
 static void parse_listener(Diag *d, const config_setting_t *g, size_t index, ListenerConfig *l) {
+        const config_setting_t *cert_key = NULL;
         Obj o;
         int n, v;
 
@@ -739,8 +907,25 @@ static void parse_listener(Diag *d, const config_setting_t *g, size_t index, Lis
                 else if (streq(key, "tls")) {
                         if (get_enum(d, m, &o, key, tls_inbound_table, _TLS_IN_MAX, &v) >= 0)
                                 l->tls = (TlsInbound) v;
-                } else if (streq(key, "certificate"))
-                        (void) get_string(d, m, &o, key, &l->certificate);
+                } else if (streq(key, "certificate") || streq(key, "certificates")) {
+                        /* The single form is the list of one; writing
+                         * both is a mistake we cannot resolve. */
+                        if (cert_key && !streq(config_setting_name(cert_key), key)) {
+                                setting_error(d, m, &o, "'certificate' and 'certificates' exclude each other");
+                                continue;
+                        }
+                        cert_key = m;
+                        parse_listener_certificates(d, m, &o, key, &l->certificates);
+                } else if (streq(key, "tls_min_version"))
+                        (void) get_tls_version(d, m, &o, key, &l->tls_min_version);
+                else if (streq(key, "tls_ciphers"))
+                        (void) get_string(d, m, &o, key, &l->tls_ciphers);
+                else if (streq(key, "tls_ciphersuites"))
+                        (void) get_string(d, m, &o, key, &l->tls_ciphersuites);
+                else if (streq(key, "tls_groups"))
+                        (void) get_string(d, m, &o, key, &l->tls_groups);
+                else if (streq(key, "client_ca"))
+                        (void) get_path(d, m, &o, key, &l->client_ca);
                 else if (streq(key, "ktls"))
                         (void) get_bool(d, m, &o, key, &l->ktls);
                 else if (streq(key, "max_connections"))
@@ -933,6 +1118,11 @@ static void parse_destination(Diag *d, const config_setting_t *g, size_t index,
         *dst = *tmpl;
         dst->domain = NULL;
         dst->line = config_setting_source_line(g);
+        /* Inherited strings are copies: every entry owns its own. */
+        dst->ca_file = tmpl->ca_file ? strdup(tmpl->ca_file) : NULL;
+        dst->tls_min_version = tmpl->tls_min_version ? strdup(tmpl->tls_min_version) : NULL;
+        if ((tmpl->ca_file && !dst->ca_file) || (tmpl->tls_min_version && !dst->tls_min_version))
+                d->oom = true;
 
         n = config_setting_length(g);
         for (int i = 0; i < n; i++) {
@@ -952,6 +1142,10 @@ static void parse_destination(Diag *d, const config_setting_t *g, size_t index,
                                 dst->tls = (TlsOutbound) v;
                 } else if (streq(key, "ktls"))
                         (void) get_bool(d, m, &o, key, &dst->ktls);
+                else if (streq(key, "ca_file"))
+                        (void) get_path(d, m, &o, key, &dst->ca_file);
+                else if (streq(key, "tls_min_version"))
+                        (void) get_tls_version(d, m, &o, key, &dst->tls_min_version);
                 else
                         unknown_key(d, m, &o);
         }
@@ -1036,6 +1230,64 @@ static void parse_queue(Diag *d, const config_setting_t *g, QueueConfig *q) {
         }
 
         queue_check(d, setting_file(d, g), config_setting_source_line(g), q);
+}
+
+static void parse_tls_client(Diag *d, const config_setting_t *g, TlsClientConfig *t) {
+        Obj o;
+        int n;
+
+        obj_init(&o, "tls_client", NULL, 0);
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+                type_error(d, g, NULL, "tls_client", "a group { ... }");
+                return;
+        }
+        t->line = config_setting_source_line(g);
+
+        n = config_setting_length(g);
+        for (int i = 0; i < n; i++) {
+                config_setting_t *m = config_setting_get_elem(g, (unsigned) i);
+                const char *key = config_setting_name(m);
+
+                if (streq(key, "certificate"))
+                        (void) get_certificate_name(d, m, &o, key, &t->certificate);
+                else if (streq(key, "ca_file"))
+                        (void) get_path(d, m, &o, key, &t->ca_file);
+                else if (streq(key, "min_version"))
+                        (void) get_tls_version(d, m, &o, key, &t->min_version);
+                else if (streq(key, "ciphers"))
+                        (void) get_string(d, m, &o, key, &t->ciphers);
+                else if (streq(key, "ciphersuites"))
+                        (void) get_string(d, m, &o, key, &t->ciphersuites);
+                else if (streq(key, "groups"))
+                        (void) get_string(d, m, &o, key, &t->groups);
+                else
+                        unknown_key(d, m, &o);
+        }
+}
+
+static void parse_tls_alerts(Diag *d, const config_setting_t *g, Config *c) {
+        Obj o;
+        int n;
+
+        obj_init(&o, "tls_alerts", NULL, 0);
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+                type_error(d, g, NULL, "tls_alerts", "a group { ... }");
+                return;
+        }
+
+        n = config_setting_length(g);
+        for (int i = 0; i < n; i++) {
+                config_setting_t *m = config_setting_get_elem(g, (unsigned) i);
+                const char *key = config_setting_name(m);
+
+                if (streq(key, "enabled"))
+                        (void) get_bool(d, m, &o, key, &c->tls_alert_enabled);
+                else if (streq(key, "interval"))
+                        (void) get_duration(d, m, &o, key, TLS_ALERT_INTERVAL_MIN, TLS_ALERT_INTERVAL_MAX,
+                                            &c->tls_alert_interval);
+                else
+                        unknown_key(d, m, &o);
+        }
 }
 
 static bool dns_server_is_valid(const char *s) {
@@ -1196,6 +1448,13 @@ static void parse_root(Diag *d, const config_setting_t *root, Config *c) {
                                                           &tmpl, &c->destinations[at++]);
                 } else if (streq(key, "queue"))
                         parse_queue(d, m, &c->queue);
+                else if (streq(key, "tls_client"))
+                        parse_tls_client(d, m, &c->tls_client);
+                else if (streq(key, "tls_alerts"))
+                        parse_tls_alerts(d, m, c);
+                else if (streq(key, "tls_ticket_rotation"))
+                        (void) get_duration(d, m, NULL, key, TLS_TICKET_ROTATION_MIN, TLS_TICKET_ROTATION_MAX,
+                                            &c->tls_ticket_rotation);
                 else
                         unknown_key(d, m, NULL);
         }
@@ -1338,7 +1597,21 @@ static void listener_config_done(ListenerConfig *l) {
         free(l->hostname);
         strv_free(l->accepted_domains);
         free(l->default_policy_name);
-        free(l->certificate);
+        strv_free(l->certificates);
+        free(l->tls_min_version);
+        free(l->tls_ciphers);
+        free(l->tls_ciphersuites);
+        free(l->tls_groups);
+        free(l->client_ca);
+}
+
+static void tls_client_config_done(TlsClientConfig *t) {
+        free(t->certificate);
+        free(t->ca_file);
+        free(t->min_version);
+        free(t->ciphers);
+        free(t->ciphersuites);
+        free(t->groups);
 }
 
 static void route_config_done(RouteConfig *r) {
@@ -1368,9 +1641,13 @@ static Config *config_free(Config *c) {
         for (size_t i = 0; i < c->n_routes; i++)
                 route_config_done(&c->routes[i]);
         free(c->routes);
-        for (size_t i = 0; i < c->n_destinations; i++)
+        for (size_t i = 0; i < c->n_destinations; i++) {
                 free(c->destinations[i].domain);
+                free(c->destinations[i].ca_file);
+                free(c->destinations[i].tls_min_version);
+        }
         free(c->destinations);
+        tls_client_config_done(&c->tls_client);
 
         free(c->path);
         free(c->hostname);
@@ -1408,6 +1685,9 @@ static Config *config_alloc(const char *path) {
         c->workers = WORKERS_DEFAULT;
         c->shutdown_timeout = SHUTDOWN_TIMEOUT_DEFAULT;
         queue_default(&c->queue);
+        c->tls_alert_enabled = TLS_ALERT_ENABLED_DEFAULT;
+        c->tls_alert_interval = TLS_ALERT_INTERVAL_DEFAULT;
+        c->tls_ticket_rotation = TLS_TICKET_KEY_ROTATION_DEFAULT;
         if (path) {
                 c->path = strdup(path);
                 if (!c->path)
@@ -1459,6 +1739,146 @@ static void limits_check(Diag *d, const Obj *o, unsigned line, const SmtpLimits 
                 diag_add(d, NULL, line, o, "limits.max_recipients, max_message_size and max_errors must not be 0");
         if (l->idle_timeout < TIMEOUT_MIN || l->data_timeout < TIMEOUT_MIN)
                 diag_add(d, NULL, line, o, "limits.idle_timeout and data_timeout must be at least 1s");
+}
+
+/* Cipher, suite and group strings are checked by the TLS module itself, so
+ * a string accepted here is one OpenSSL accepts when the contexts are
+ * built. When the set fails, each string is tried alone so that the
+ * message names the key as written in the file (prefix "tls_" on a
+ * listener, none in tls_client). */
+static void tls_settings_check(Diag *d, const Obj *o, unsigned line, const char *prefix, const TlsSettings *ts) {
+        const struct {
+                const char *key, *what, *value;
+                TlsSettings one;
+        } parts[] = {
+                { "ciphers", "OpenSSL cipher list", ts->ciphers,
+                  { .min_version = ts->min_version, .ciphers = ts->ciphers } },
+                { "ciphersuites", "list of TLS 1.3 cipher suites", ts->ciphersuites,
+                  { .min_version = ts->min_version, .ciphersuites = ts->ciphersuites } },
+                { "groups", "list of key exchange groups", ts->groups,
+                  { .min_version = ts->min_version, .groups = ts->groups } },
+        };
+        _cleanup_free_ char *err = NULL;
+        bool named = false;
+        int r;
+
+        r = tls_settings_validate(ts, &err);
+        if (r == -ENOMEM)
+                d->oom = true;
+        if (r >= 0 || r == -ENOMEM)
+                return;
+
+        for (size_t i = 0; i < ELEMENTSOF(parts); i++) {
+                char esc[128];
+
+                if (!parts[i].value)
+                        continue;
+                r = tls_settings_validate(&parts[i].one, NULL);
+                if (r == -ENOMEM) {
+                        d->oom = true;
+                        return;
+                }
+                if (r >= 0)
+                        continue;
+                diag_add(d, NULL, line, o, "%s%s \"%s\" is not a valid %s", prefix, parts[i].key,
+                         log_escape(parts[i].value, strlen(parts[i].value), esc, sizeof(esc)), parts[i].what);
+                named = true;
+        }
+        if (!named) {
+                char esc[256];
+
+                diag_add(d, NULL, line, o, "TLS settings refused: %s",
+                         err ? log_escape(err, strlen(err), esc, sizeof(esc)) : "invalid");
+        }
+}
+
+/* The parse step checks each key at its own line; these checks repeat
+ * them for configurations built in code, and fill in the default. */
+static void listener_tls_check(Diag *d, const Obj *o, ListenerConfig *l) {
+        size_t n = strv_length(l->certificates);
+
+        if (l->certificates && n == 0) {
+                /* An empty list means the demo certificate, like none. */
+                free(l->certificates);
+                l->certificates = NULL;
+        }
+        if (n > LISTENER_CERTIFICATES_MAX)
+                diag_add(d, NULL, l->line, o, "'certificates' lists %zu names, at most %u (one per key type) can be used",
+                         n, LISTENER_CERTIFICATES_MAX);
+        for (size_t i = 0; i < n; i++) {
+                if (!certificate_name_is_valid(l->certificates[i]))
+                        certificate_name_error(d, NULL, l->line, o, l->certificates[i]);
+                for (size_t j = 0; j < i; j++)
+                        if (streq(l->certificates[i], l->certificates[j])) {
+                                char esc[64];
+
+                                diag_add(d, NULL, l->line, o, "certificate \"%s\" listed twice",
+                                         log_escape(l->certificates[i], strlen(l->certificates[i]), esc, sizeof(esc)));
+                                break;
+                        }
+        }
+
+        if (!l->tls_min_version) {
+                l->tls_min_version = strdup(TLS_MIN_VERSION_DEFAULT);
+                if (!l->tls_min_version) {
+                        d->oom = true;
+                        return;
+                }
+        }
+        if (!tls_version_is_valid(l->tls_min_version)) {
+                tls_version_error(d, NULL, l->line, o, "tls_min_version", l->tls_min_version);
+                return;
+        }
+        /* Verification settings on a listener without TLS are allowed:
+         * they take effect when a policy turns STARTTLS on. */
+        if (l->client_ca && !path_is_absolute_ok(l->client_ca))
+                path_error(d, NULL, l->line, o, "client_ca", l->client_ca);
+
+        tls_settings_check(d, o, l->line, "tls_", &(const TlsSettings) {
+                .min_version = l->tls_min_version,
+                .ciphers = l->tls_ciphers,
+                .ciphersuites = l->tls_ciphersuites,
+                .groups = l->tls_groups,
+                .ktls = l->ktls,
+        });
+}
+
+static void tls_client_check(Diag *d, Config *c) {
+        TlsClientConfig *t = &c->tls_client;
+        bool bad = false;
+        Obj o;
+
+        obj_init(&o, "tls_client", NULL, 0);
+        if (t->certificate && !certificate_name_is_valid(t->certificate))
+                certificate_name_error(d, NULL, t->line, &o, t->certificate);
+        if (t->ca_file && !path_is_absolute_ok(t->ca_file))
+                path_error(d, NULL, t->line, &o, "ca_file", t->ca_file);
+        if (t->min_version && !tls_version_is_valid(t->min_version)) {
+                tls_version_error(d, NULL, t->line, &o, "min_version", t->min_version);
+                bad = true;
+        }
+        if (!bad)
+                tls_settings_check(d, &o, t->line, "", &(const TlsSettings) {
+                        .min_version = t->min_version ?: TLS_MIN_VERSION_DEFAULT,
+                        .ciphers = t->ciphers,
+                        .ciphersuites = t->ciphersuites,
+                        .groups = t->groups,
+                });
+
+        if (c->tls_alert_interval < TLS_ALERT_INTERVAL_MIN || c->tls_alert_interval > TLS_ALERT_INTERVAL_MAX) {
+                char a[DURATION_STRLEN], b[DURATION_STRLEN], e[DURATION_STRLEN];
+
+                obj_init(&o, "tls_alerts", NULL, 0);
+                diag_add(d, NULL, 0, &o, "interval %s out of range %s..%s", format_duration(c->tls_alert_interval, a),
+                         format_duration(TLS_ALERT_INTERVAL_MIN, b), format_duration(TLS_ALERT_INTERVAL_MAX, e));
+        }
+        if (c->tls_ticket_rotation < TLS_TICKET_ROTATION_MIN || c->tls_ticket_rotation > TLS_TICKET_ROTATION_MAX) {
+                char a[DURATION_STRLEN], b[DURATION_STRLEN], e[DURATION_STRLEN];
+
+                diag_add(d, NULL, 0, NULL, "tls_ticket_rotation %s out of range %s..%s",
+                         format_duration(c->tls_ticket_rotation, a),
+                         format_duration(TLS_TICKET_ROTATION_MIN, b), format_duration(TLS_TICKET_ROTATION_MAX, e));
+        }
 }
 
 static void validate_listeners(Diag *d, Config *c) {
@@ -1547,9 +1967,7 @@ static void validate_listeners(Diag *d, Config *c) {
 
                 if (l->tls < 0 || l->tls >= _TLS_IN_MAX)
                         diag_add(d, NULL, l->line, &o, "invalid tls mode %d", (int) l->tls);
-                if (l->certificate && !name_is_valid(l->certificate))
-                        diag_add(d, NULL, l->line, &o, "certificate \"%s\" is not a valid certificate name",
-                                 log_escape(l->certificate, strlen(l->certificate), esc, sizeof(esc)));
+                listener_tls_check(d, &o, l);
                 if (l->max_connections == 0 || l->max_connections_per_ip == 0)
                         diag_add(d, NULL, l->line, &o, "max_connections and max_connections_per_ip must not be 0");
                 limits_check(d, &o, l->line, &l->limits);
@@ -1672,6 +2090,10 @@ static void validate_destinations(Diag *d, Config *c) {
                                  "max_recipients_per_message must not be 0");
                 if (dst->tls < 0 || dst->tls >= _TLS_OUT_MAX)
                         diag_add(d, NULL, dst->line, &o, "invalid tls mode %d", (int) dst->tls);
+                if (dst->ca_file && !path_is_absolute_ok(dst->ca_file))
+                        path_error(d, NULL, dst->line, &o, "ca_file", dst->ca_file);
+                if (dst->tls_min_version && !tls_version_is_valid(dst->tls_min_version))
+                        tls_version_error(d, NULL, dst->line, &o, "tls_min_version", dst->tls_min_version);
         }
 
         /* destinations[0] is always "default": lookups fall back to it. */
@@ -1726,6 +2148,7 @@ int config_validate(Config *c, char **ret_error) {
         validate_sender_groups(&d, c);
         validate_routes(&d, c);
         validate_destinations(&d, c);
+        tls_client_check(&d, c);
         queue_check(&d, NULL, 0, &c->queue);
 
         return diag_finish(&d, ret_error);

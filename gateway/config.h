@@ -113,7 +113,16 @@ typedef struct ListenerConfig {
         char *default_policy_name;      /* when no sender group matches */
         MailFlowPolicy *default_policy;
         TlsInbound tls;
-        char *certificate;              /* certstore name, NULL = demo (TLS issue) */
+        /* Certificate store names, NULL-terminated; NULL = the demo
+         * certificate. Several (one per key type, e.g. EC and RSA) let
+         * OpenSSL pick by the client's signature algorithms. */
+        char **certificates;
+        char *tls_min_version;          /* "TLSv1.2" (filled in by validation) or "TLSv1.3" */
+        char *tls_ciphers;              /* TLS <= 1.2 cipher list, NULL = TLS_CIPHERS_DEFAULT */
+        char *tls_ciphersuites;         /* TLS 1.3 suites, NULL = OpenSSL's default */
+        char *tls_groups;               /* key exchange groups, NULL = TLS_GROUPS_DEFAULT */
+        char *client_ca;                /* absolute path of a PEM CA bundle for client
+                                         * certificates, NULL = the system store */
         bool ktls;
         unsigned line;
 } ListenerConfig;
@@ -149,8 +158,21 @@ typedef struct DestinationConfig {
         uint32_t max_recipients_per_message;
         TlsOutbound tls;
         bool ktls;
+        char *ca_file;                  /* absolute path, NULL = tls_client.ca_file */
+        char *tls_min_version;          /* "TLSv1.2"/"TLSv1.3", NULL = tls_client.min_version */
         unsigned line;
 } DestinationConfig;
+
+/* Outbound TLS settings shared by all destinations (group "tls_client"). */
+typedef struct TlsClientConfig {
+        char *certificate;              /* certstore name presented to servers, NULL = none */
+        char *ca_file;                  /* absolute path, NULL = OpenSSL's default paths */
+        char *min_version;              /* "TLSv1.2"/"TLSv1.3", NULL = "TLSv1.2" */
+        char *ciphers;                  /* NULL = TLS_CIPHERS_DEFAULT */
+        char *ciphersuites;             /* NULL = OpenSSL's default */
+        char *groups;                   /* NULL = TLS_GROUPS_DEFAULT */
+        unsigned line;                  /* of the group, 0 when not in the file */
+} TlsClientConfig;
 
 typedef struct QueueConfig {
         uint64_t retry_min;             /* usec, first retry delay */
@@ -183,6 +205,13 @@ typedef struct Config {
         DestinationConfig *destinations;/* destinations[0] is always "default" */
         size_t n_destinations;
         QueueConfig queue;
+
+        TlsClientConfig tls_client;
+        /* TLS failures to a destination (required* modes) mail
+         * alert_recipients at most once per domain per interval. */
+        bool tls_alert_enabled;         /* default true */
+        uint64_t tls_alert_interval;    /* usec, default 1h */
+        uint64_t tls_ticket_rotation;   /* usec, default TLS_TICKET_KEY_ROTATION_DEFAULT */
 
         unsigned n_ref;
 } Config;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -20,6 +21,8 @@
 #include "log.h"
 #include "manager.h"
 #include "route.h"
+#include "tls-contexts.h"
+#include "tls.h"
 #include "util/macro.h"
 #include "util/parse.h"
 #include "worker.h"
@@ -31,6 +34,13 @@
 #define MANAGER_DNS_TIMEOUT (5 * USEC_PER_SEC)
 /* A sane upper bound on worker threads, whatever the CPU count says. */
 #define MANAGER_WORKERS_MAX 256
+
+/* Rate limit of TLS alerts: one per destination domain per interval. */
+struct AlertMark {
+        AlertMark *next;
+        char *domain;
+        uint64_t last_usec;             /* CLOCK_MONOTONIC */
+};
 
 struct IpCount {
         IpCount *next;
@@ -98,6 +108,12 @@ static void ip_dec(Manager *m, const struct sockaddr *sa) {
                 *p = c->next;
                 free(c);
         }
+}
+
+static uint64_t now_monotonic(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
 }
 
 /* ---- status ---- */
@@ -177,6 +193,14 @@ Manager *manager_free(Manager *m) {
                         free(c);
                 }
         resolver_free(m->resolver);
+        tls_contexts_free(m->tls);
+        certstore_free(m->certstore);
+        while (m->alerts) {
+                AlertMark *a = m->alerts;
+                m->alerts = a->next;
+                free(a->domain);
+                free(a);
+        }
         sd_event_source_disable_unref(m->status_timer);
         sd_event_source_disable_unref(m->shutdown_timer);
         mailbox_free(m->mailbox);
@@ -354,6 +378,8 @@ void manager_new_connection(Manager *m, Listener *l, int fd, const struct sockad
                 .listener = lc,
                 .policy = policy,
                 .sender_group = sg,
+                .tls_mode = policy->tls >= 0 ? (TlsInbound) policy->tls : lc->tls,
+                .tls_ctx = tls_contexts_listener(m->tls, m->config, lc),
                 .peerlen = peerlen,
         };
         memcpy(&setup->peer, peer, MIN((size_t) peerlen, sizeof setup->peer));
@@ -400,7 +426,16 @@ void manager_message_received(Manager *m, Envelope *env, uint64_t size) {
 static void manager_dispatch(DeliveryJob *job, void *userdata) {
         Manager *m = userdata;
         Worker *w = m->workers[job->dcid % m->n_workers];
+        const DestinationConfig *d;
         int r;
+
+        if (!job->maildir) {
+                d = config_find_destination(m->config, job->domain);
+                job->tls_mode = d->tls;
+                job->tls_ctx = tls_contexts_destination(m->tls, m->config, d);
+                if (!job->tls_ctx)
+                        job->tls_mode = TLS_OUT_NONE;
+        }
 
         r = worker_add_job(w, job);
         if (r < 0) {
@@ -416,11 +451,119 @@ static void manager_dispatch(DeliveryJob *job, void *userdata) {
         }
 }
 
+/* The alert message, in wire form (CRLF; no line starts with "."). */
+static char *alert_text(Manager *m, const DeliveryJob *job, size_t *ret_len) {
+        char date[64], *text = NULL;
+        time_t now = time(NULL);
+        struct tm tm;
+        int n;
+
+        gmtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+        n = asprintf(&text,
+                     "From: tlsgw on %1$s <MAILER-DAEMON@%1$s>\r\n"
+                     "To: tlsgw administrators\r\n"
+                     "Subject: [tlsgw alert] Required TLS delivery to %2$s failed\r\n"
+                     "Date: %3$s\r\n"
+                     "Auto-Submitted: auto-generated\r\n"
+                     "MIME-Version: 1.0\r\n"
+                     "Content-Type: text/plain; charset=us-ascii\r\n"
+                     "\r\n"
+                     "The destination control for %2$s requires TLS (%4$s),\r\n"
+                     "and delivery DCID %5$" PRIu64 " could not meet it.\r\n"
+                     "\r\n"
+                     "Domain: %2$s\r\n"
+                     "Reason: %6$s\r\n"
+                     "Details: %7$s\r\n"
+                     "\r\n"
+                     "The messages stay queued and are retried.\r\n"
+                     "At most one alert per domain is sent every %8$" PRIu64 " seconds.\r\n",
+                     m->config->hostname, job->domain, date, tls_outbound_to_string(job->tls_mode),
+                     job->dcid, job->tls_failure, job->tls_failure_details ?: "-",
+                     m->config->tls_alert_interval / USEC_PER_SEC);
+        if (n < 0)
+                return NULL;
+        /* Details come from the peer: keep them on one printable line. */
+        for (char *p = text; *p; p++)
+                if ((unsigned char) *p >= 0x7f || ((unsigned char) *p < ' ' && *p != '\r' && *p != '\n'))
+                        *p = '?';
+        *ret_len = (size_t) n;
+        return text;
+}
+
+static void manager_tls_alert(Manager *m, const DeliveryJob *job) {
+        _cleanup_free_ char *text = NULL;
+        uint64_t now, mid = 0;
+        AlertMark *a;
+        size_t len = 0;
+        int r;
+
+        if (!m->config->tls_alert_enabled)
+                return;
+        now = now_monotonic();
+        for (a = m->alerts; a; a = a->next)
+                if (streq(a->domain, job->domain))
+                        break;
+        if (a && now - a->last_usec < m->config->tls_alert_interval)
+                return;
+        if (!a) {
+                a = calloc(1, sizeof *a);
+                if (!a || !(a->domain = strdup(job->domain))) {
+                        free(a);
+                        return;
+                }
+                a->next = m->alerts;
+                m->alerts = a;
+        }
+        a->last_usec = now;
+
+        if (strv_length(m->config->alert_recipients) > 0) {
+                text = alert_text(m, job, &len);
+                if (text) {
+                        r = queue_submit(m->queue, "", m->config->alert_recipients, text, len, 0, "alert", &mid);
+                        if (r < 0)
+                                log_error_errno(r, "Cannot queue the TLS alert for %s: %m", job->domain);
+                }
+        }
+        log_tls_alert(job->domain, job->tls_failure, job->tls_failure_details, mid);
+}
+
 void manager_job_done(Manager *m, DeliveryJob *job) {
+        if (job->tls_failure &&
+            (job->tls_mode == TLS_OUT_REQUIRED || job->tls_mode == TLS_OUT_REQUIRED_VERIFY))
+                manager_tls_alert(m, job);
         queue_job_done(m->queue, job);
 }
 
 /* ---- start, reload, stop ---- */
+
+static void manager_warn_demo(Manager *m, const Config *c, const TlsContexts *t) {
+        for (size_t i = 0; i < c->n_listeners; i++)
+                if (t->listener_demo[i] && c->listeners[i].tls != TLS_IN_OFF)
+                        log_warning("Listener %s uses the demo certificate (CN %s): it cannot give a verifiable "
+                                    "connection; install a certificate for this listener.",
+                                    c->listeners[i].name, c->hostname);
+}
+
+static int manager_open_tls(Manager *m) {
+        _cleanup_free_ char *dir = NULL, *error = NULL;
+        int r;
+
+        if (asprintf(&dir, "%s/certs", m->config->state_dir) < 0)
+                return -ENOMEM;
+        r = certstore_open(dir, &m->certstore);
+        if (r < 0)
+                return log_error_errno(r, "Cannot open the certificate store %s: %m", dir);
+
+        tls_set_ticket_rotation(m->config->tls_ticket_rotation);
+        r = tls_contexts_build(m->config, m->certstore, &m->tls, &error);
+        if (r < 0) {
+                fprintf(stderr, "tlsgwd: TLS setup failed: %s\n", error ?: strerror(-r));
+                return log_error_errno(r, "TLS setup failed: %s", error ?: "see above");
+        }
+        manager_warn_demo(m, m->config, m->tls);
+        return 0;
+}
 
 static unsigned manager_worker_count(const Config *c) {
         long n = c->workers > 0 ? (long) c->workers : sysconf(_SC_NPROCESSORS_ONLN);
@@ -448,6 +591,10 @@ int manager_start(Manager *m) {
         r = spool_open(spool_dir, &m->spool);
         if (r < 0)
                 return log_error_errno(r, "Cannot open the spool %s: %m", spool_dir);
+
+        r = manager_open_tls(m);
+        if (r < 0)
+                return r;
 
         r = resolver_new(m->event, m->config->dns_servers, MANAGER_DNS_TIMEOUT, &m->resolver);
         if (r < 0)
@@ -572,8 +719,21 @@ int manager_reload(Manager *m) {
         if (manager_worker_count(c) != m->n_workers || !streq(c->state_dir, m->config->state_dir))
                 log_warning("Reload: workers and state_directory changes take effect at the next restart.");
 
+        /* Certificates are re-read too: a replaced certificate takes effect
+         * for new handshakes, established sessions keep their context. */
+        TlsContexts *tls = NULL;
+        _cleanup_free_ char *tls_error = NULL;
+        r = tls_contexts_build(c, m->certstore, &tls, &tls_error);
+        if (r < 0) {
+                log_error_errno(r, "Reload refused: %s; the running configuration stays.", tls_error ?: "TLS setup failed");
+                config_unref(c);
+                (void) sd_notify(false, "READY=1");
+                return r;
+        }
+
         r = manager_apply_listeners(m, c);
         if (r < 0) {
+                tls_contexts_free(tls);
                 /* Listeners that could not be bound are reported; the ones
                  * that exist keep pointing at a valid config. */
                 (void) manager_apply_listeners(m, m->config);
@@ -584,6 +744,10 @@ int manager_reload(Manager *m) {
         queue_set_config(m->queue, c);
         config_unref(m->config);
         m->config = c;
+        tls_contexts_free(m->tls);
+        m->tls = tls;
+        tls_set_ticket_rotation(c->tls_ticket_rotation);
+        manager_warn_demo(m, c, tls);
         log_info("Configuration %s reloaded.", m->config_path);
         (void) sd_notify(false, "READY=1");
         return 0;

@@ -15,6 +15,7 @@
 
 #include <systemd/sd-event.h>
 
+#include "certstore.h"
 #include "config.h"
 #include "queue.h"
 #include "resolver.h"
@@ -24,6 +25,8 @@
 typedef struct Listener Listener;
 typedef struct Worker Worker;
 typedef struct IpCount IpCount;
+typedef struct TlsContexts TlsContexts;
+typedef struct AlertMark AlertMark;
 
 /* Buckets of the per-client-IP connection table (chained). */
 #define MANAGER_IP_BUCKETS 1024
@@ -37,6 +40,9 @@ typedef struct Manager {
         Spool *spool;
         Resolver *resolver;
         Queue *queue;
+        CertStore *certstore;
+        TlsContexts *tls;               /* contexts of the current config */
+        AlertMark *alerts;              /* last TLS alert per destination domain */
 
         Worker **workers;
         size_t n_workers;

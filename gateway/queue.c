@@ -126,6 +126,7 @@ typedef struct BounceCommit {
         Envelope env;
         uint64_t data_size;
         uint64_t orig_mid;
+        const char *generated_by;       /* "bounce", "alert" */
         struct BounceCommit *prev, *next;
 } BounceCommit;
 
@@ -568,15 +569,17 @@ static void queue_bounce_committed(void *userdata, int error) {
                 return;
         }
         if (error < 0) {
-                log_error_errno(error, "MID %" PRIu64 ": failed to spool the DSN for MID %" PRIu64 ": %m",
-                                b->env.mid, b->orig_mid);
+                log_error_errno(error, "MID %" PRIu64 ": failed to spool the generated %s: %m",
+                                b->env.mid, b->generated_by);
                 bounce_commit_free(b);
                 return;
         }
-        log_bounce_generated(b->env.mid, b->orig_mid);
+        if (b->orig_mid > 0)
+                log_bounce_generated(b->env.mid, b->orig_mid);
         k = queue_add(q, &b->env, b->data_size);
         if (k < 0)
-                log_error_errno(k, "MID %" PRIu64 ": failed to queue the DSN: %m", b->env.mid);
+                log_error_errno(k, "MID %" PRIu64 ": failed to queue the generated %s: %m",
+                                b->env.mid, b->generated_by);
         bounce_commit_free(b);
 }
 
@@ -626,13 +629,75 @@ static int queue_read_headers(Queue *q, uint64_t mid, char **ret, size_t *ret_le
         return 0;
 }
 
+int queue_submit(Queue *q, const char *sender, char * const *rcpts, const char *text, size_t len,
+                 uint64_t orig_mid, const char *generated_by, uint64_t *ret_mid) {
+        SpoolWriter *w = NULL;
+        BounceCommit *b;
+        uint64_t now = queue_now(q);
+        int k;
+
+        if (strv_length(rcpts) == 0)
+                return -EINVAL;
+
+        b = calloc(1, sizeof *b);
+        if (!b)
+                return -ENOMEM;
+        b->orig_mid = orig_mid;
+        b->generated_by = generated_by;
+        b->env.mid = spool_next_id(q->spool, SPOOL_ID_MID);
+        b->env.arrival_usec = now;
+        b->env.sender = strdup(sender);
+        b->env.n_rcpts = strv_length(rcpts);
+        b->env.rcpts = calloc(b->env.n_rcpts + 1, sizeof(char *));
+        if (b->env.mid == 0 || !b->env.sender || !b->env.rcpts) {
+                k = b->env.mid == 0 ? -EIO : -ENOMEM;   /* no IDs can be persisted */
+                bounce_commit_free(b);
+                return k;
+        }
+        for (size_t i = 0; i < b->env.n_rcpts; i++) {
+                b->env.rcpts[i] = strdup(rcpts[i]);
+                if (!b->env.rcpts[i]) {
+                        bounce_commit_free(b);
+                        return -ENOMEM;
+                }
+        }
+
+        k = spool_writer_new(q->spool, &b->env, &w);
+        if (k < 0) {
+                bounce_commit_free(b);
+                return k;
+        }
+        k = spool_writer_write(w, text, len);
+        if (k < 0) {
+                spool_writer_abort(w);
+                bounce_commit_free(b);
+                return k;
+        }
+        b->data_size = spool_writer_size(w);
+
+        /* Linked first: the completion may run only from the loop, but
+         * queue_free() must find it to orphan it. */
+        b->queue = q;
+        b->next = q->bounces;
+        if (q->bounces)
+                q->bounces->prev = b;
+        q->bounces = b;
+
+        if (ret_mid)
+                *ret_mid = b->env.mid;
+        k = spool_writer_commit(w, q->mailbox, queue_bounce_committed, b);
+        if (k < 0) {
+                bounce_commit_free(b);
+                return k;
+        }
+        return 0;
+}
+
 /* One DSN for every recipient of m collected in this round. */
 static int queue_make_dsn(Queue *q, Message *m, uint64_t now) {
         _cleanup_free_ DsnRecipient *drcpts = NULL;
         _cleanup_free_ char *headers = NULL, *text = NULL;
         size_t n = 0, headers_len = 0, text_len = 0;
-        SpoolWriter *w = NULL;
-        BounceCommit *b;
         DsnInfo info;
         int k;
 
@@ -671,52 +736,8 @@ static int queue_make_dsn(Queue *q, Message *m, uint64_t now) {
         if (k < 0)
                 return k;
 
-        b = calloc(1, sizeof *b);
-        if (!b)
-                return -ENOMEM;
-        b->orig_mid = m->env.mid;
-        b->env.mid = spool_next_id(q->spool, SPOOL_ID_MID);
-        b->env.arrival_usec = now;
-        b->env.sender = strdup("");
-        b->env.rcpts = calloc(2, sizeof(char *));
-        if (!b->env.sender || !b->env.rcpts) {
-                bounce_commit_free(b);
-                return -ENOMEM;
-        }
-        b->env.rcpts[0] = strdup(m->env.sender);
-        if (!b->env.rcpts[0]) {
-                bounce_commit_free(b);
-                return -ENOMEM;
-        }
-        b->env.n_rcpts = 1;
-
-        k = spool_writer_new(q->spool, &b->env, &w);
-        if (k < 0) {
-                bounce_commit_free(b);
-                return k;
-        }
-        k = spool_writer_write(w, text, text_len);
-        if (k < 0) {
-                spool_writer_abort(w);
-                bounce_commit_free(b);
-                return k;
-        }
-        b->data_size = spool_writer_size(w);
-
-        /* Linked first: the completion may run only from the loop, but
-         * queue_free() must find it to orphan it. */
-        b->queue = q;
-        b->next = q->bounces;
-        if (q->bounces)
-                q->bounces->prev = b;
-        q->bounces = b;
-
-        k = spool_writer_commit(w, q->mailbox, queue_bounce_committed, b);
-        if (k < 0) {
-                bounce_commit_free(b);
-                return k;
-        }
-        return 0;
+        return queue_submit(q, "", (char * const[]) { m->env.sender, NULL }, text, text_len,
+                            m->env.mid, "bounce", NULL);
 }
 
 /* Ends a round of outcomes: DSNs for what bounced, and messages whose

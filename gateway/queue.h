@@ -47,6 +47,12 @@ int queue_recover(Queue *q);
 /* A message that is now durable in the spool (envelope copied). */
 int queue_add(Queue *q, const Envelope *env, uint64_t data_size);
 
+/* Spools and queues a message the gateway writes itself (text in wire
+ * form): DSNs, alerts. generated_by names it in the log; orig_mid (0 =
+ * none) is the message it was made for. *ret_mid gets the new MID. */
+int queue_submit(Queue *q, const char *sender, char * const *rcpts, const char *text, size_t len,
+                 uint64_t orig_mid, const char *generated_by, uint64_t *ret_mid);
+
 /* Results of a dispatched job (status/reply per recipient filled in);
  * frees the job. */
 void queue_job_done(Queue *q, DeliveryJob *job);

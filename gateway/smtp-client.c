@@ -13,8 +13,19 @@
  * with sendfile(2), then ".". Messages share the connection; RSET is sent
  * only when a transaction was left open. QUIT at the end.
  *
- * Socket I/O goes through the transport_*() functions only, so a TLS
- * transport can take their place.
+ * STARTTLS (RFC 3207) follows the job's TlsOutbound mode (smtp-client.h):
+ * after the EHLO reply the client sends STARTTLS when it is offered and
+ * the mode asks for it, runs the handshake on the same socket and sends
+ * EHLO again over TLS (RFC 3207 4.2). Whatever the server sent in clear
+ * after its 220 ends the target (CVE-2011-0411). A policy that cannot be
+ * met (required*: not offered, refused, no ESMTP; required-verify: not
+ * verified) is a target failure; a handshake failure is one in every
+ * mode: after the 220 there is never a fallback to clear text.
+ *
+ * Socket I/O goes through the transport_*() functions only; with a
+ * TlsSession up they read and write through it. The body then goes out
+ * with SSL_sendfile() when the kernel encrypts (kTLS TX), else in chunks
+ * read from the spool file.
  *
  * Logs the DCID events (new connection, delivery start, connection errors,
  * close); the per-recipient outcomes are logged by the queue. SIGPIPE must
@@ -23,6 +34,7 @@
  * up as recipient statuses.
  */
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -39,6 +51,7 @@
 #include "log.h"
 #include "smtp-client.h"
 #include "smtp-parse.h"
+#include "tls.h"
 #include "util/buf.h"
 #include "util/macro.h"
 #include "util/parse.h"
@@ -56,12 +69,21 @@
 #define CLIENT_SENDFILE_CHUNK (256 * 1024)
 /* Reads per wakeup before yielding to other sources. */
 #define CLIENT_READ_CHUNK 4096
+/* Body octets read from the spool per TLS write when the kernel does not
+ * encrypt: four full TLS records (RFC 8446 5.1, 2^14 octets each). */
+#define CLIENT_TLS_CHUNK (64 * 1024)
+/* Reads of unasked-for input before closing a TLS connection: a few
+ * session tickets fit; anything more is the server's problem. */
+#define CLIENT_TLS_DRAIN_READS 4
 
 typedef enum ClientState {
         CLIENT_CONNECTING,
         CLIENT_GREETING,
         CLIENT_EHLO,
         CLIENT_HELO,
+        CLIENT_STARTTLS,        /* reply to STARTTLS */
+        CLIENT_TLS_START,       /* 220 seen, handshake starts once it is consumed */
+        CLIENT_HANDSHAKE,
         CLIENT_TRANSACTION,     /* replies to MAIL, RCPT..., DATA */
         CLIENT_BODY,            /* sending the body and "." */
         CLIENT_DOT,             /* reply to "." */
@@ -95,6 +117,17 @@ typedef struct Client {
         bool pipelining;
         uint64_t size_max;              /* 0: no SIZE limit advertised */
 
+        /* STARTTLS (RFC 3207) */
+        TlsSession *tls;                /* set from the 220 to STARTTLS on */
+        bool tls_up;                    /* handshake done: I/O goes through tls */
+        uint32_t tls_read_events;       /* what the last TLS read/write/handshake */
+        uint32_t tls_write_events;      /* waits for (EPOLLIN/EPOLLOUT), 0: none */
+        /* Staging for TLS writes: OpenSSL wants a retried write with the same
+         * buffer and length, so commands and body chunks are copied here and
+         * stay until written. */
+        char *tls_wbuf;
+        size_t tls_wlen, tls_woff;
+
         /* The current message's transaction. */
         size_t msg;                     /* index into job->messages */
         size_t *tx_rcpts;               /* indices of the recipients sent */
@@ -116,7 +149,9 @@ static void client_free(Client *c) {
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->timer);
         sd_event_source_disable_unref(c->defer);
+        tls_session_free(c->tls);
         safe_close(c->fd);
+        free(c->tls_wbuf);
         buf_done(&c->in);
         buf_done(&c->out);
         free(c->last_reason);
@@ -145,6 +180,8 @@ void delivery_job_free(DeliveryJob *j) {
         free(j->domain);
         free(j->helo_name);
         free(j->maildir);
+        SSL_CTX_free(j->tls_ctx);
+        free(j->tls_failure_details);
         free(j);
 }
 
@@ -232,15 +269,86 @@ static void defer_all_pending(Client *c, const char *reason) {
                                 rcpt_set(j->messages[m].rcpts + k, DELIVERY_DEFERRED, reason);
 }
 
-/* ---- transport: the plain socket; TLS replaces these ---- */
+/* ---- transport: the plain socket, or the TLS session once it is up ---- */
+
+static bool transport_tls(const Client *c) {
+        return c->tls && c->tls_up;
+}
 
 static ssize_t transport_read(Client *c) {
-        ssize_t n = buf_read_fd(&c->in, c->fd, CLIENT_READ_CHUNK);
-        return n == -EINTR ? -EAGAIN : n;
+        ssize_t n;
+
+        if (!transport_tls(c)) {
+                n = buf_read_fd(&c->in, c->fd, CLIENT_READ_CHUNK);
+                return n == -EINTR ? -EAGAIN : n;
+        }
+
+        size_t room = c->in.max - buf_len(&c->in);
+        if (room == 0)
+                return -ENOBUFS;
+        size_t want = MIN(room, (size_t) CLIENT_READ_CHUNK);
+        int r = buf_reserve(&c->in, want);
+        if (r < 0)
+                return r;
+        n = tls_session_read(c->tls, buf_tail(&c->in), want, &c->tls_read_events);
+        if (n > 0) {
+                buf_commit(&c->in, (size_t) n);
+                c->tls_read_events = 0;
+        }
+        return n;
+}
+
+/* Writes the staged TLS bytes; 0 when the stage is empty afterwards. */
+static ssize_t transport_tls_flush(Client *c) {
+        while (c->tls_woff < c->tls_wlen) {
+                ssize_t n = tls_session_write(c->tls, c->tls_wbuf + c->tls_woff, c->tls_wlen - c->tls_woff,
+                                              &c->tls_write_events);
+                if (n < 0)
+                        return n;
+                if (n == 0)
+                        return -EIO;
+                c->tls_write_events = 0;
+                c->tls_woff += (size_t) n;
+        }
+        c->tls_woff = c->tls_wlen = 0;
+        return 0;
+}
+
+static bool transport_tls_staged(const Client *c) {
+        return c->tls_woff < c->tls_wlen;
+}
+
+static int transport_tls_stage_alloc(Client *c) {
+        if (!c->tls_wbuf) {
+                c->tls_wbuf = malloc(CLIENT_TLS_CHUNK);
+                if (!c->tls_wbuf)
+                        return -ENOMEM;
+        }
+        return 0;
 }
 
 static ssize_t transport_write(Client *c) {
         ssize_t n;
+
+        if (transport_tls(c)) {
+                size_t total = 0;
+                int r;
+
+                for (;;) {
+                        n = transport_tls_flush(c);
+                        if (n < 0)
+                                return n;
+                        if (buf_empty(&c->out))
+                                return (ssize_t) total;
+                        r = transport_tls_stage_alloc(c);
+                        if (r < 0)
+                                return r;
+                        c->tls_wlen = MIN(buf_len(&c->out), (size_t) CLIENT_TLS_CHUNK);
+                        memcpy(c->tls_wbuf, buf_peek(&c->out), c->tls_wlen);
+                        buf_consume(&c->out, c->tls_wlen);
+                        total += c->tls_wlen;
+                }
+        }
 
         if (buf_empty(&c->out))
                 return 0;
@@ -251,17 +359,81 @@ static ssize_t transport_write(Client *c) {
         return n;
 }
 
-/* Sends up to `len` body octets from the spool fd; returns octets sent. */
+/* Nothing queued for the peer, in the buffer or in the TLS stage. */
+static bool transport_output_empty(const Client *c) {
+        return buf_empty(&c->out) && !transport_tls_staged(c);
+}
+
+/* Sends up to `len` body octets from the spool fd; returns the octets
+ * taken from the file (with TLS in userspace they may still sit in the
+ * stage, which is flushed before anything else is written). */
 static ssize_t transport_send_body(Client *c, int fd, uint64_t *offset, size_t len) {
         off_t off = (off_t) *offset;
-        ssize_t n = sendfile(c->fd, fd, &off, len);
+        ssize_t n;
 
+        if (transport_tls(c) && tls_session_ktls_tx(c->tls)) {
+                /* The kernel encrypts: the file pages go out as they are. */
+                c->job->sendfile_used = true;
+                n = tls_session_sendfile(c->tls, fd, off, len, &c->tls_write_events);
+                if (n < 0)
+                        return n;
+                if (n == 0)
+                        return -EIO;
+                c->tls_write_events = 0;
+                *offset += (uint64_t) n;
+                return n;
+        }
+
+        if (transport_tls(c)) {
+                int r;
+
+                n = transport_tls_flush(c);
+                if (n < 0)
+                        return n;
+                r = transport_tls_stage_alloc(c);
+                if (r < 0)
+                        return r;
+                n = pread(fd, c->tls_wbuf, MIN(len, (size_t) CLIENT_TLS_CHUNK), off);
+                if (n < 0)
+                        return errno == EINTR ? -EAGAIN : -errno;
+                if (n == 0)
+                        return -EIO;    /* spool file shorter than the envelope says */
+                c->tls_wlen = (size_t) n;
+                c->tls_woff = 0;
+                *offset += (uint64_t) n;
+                r = (int) transport_tls_flush(c);
+                if (r < 0 && r != -EAGAIN)
+                        return r;
+                return n;
+        }
+
+        n = sendfile(c->fd, fd, &off, len);
         if (n < 0)
                 return errno == EINTR ? -EAGAIN : -errno;
         if (n == 0)
                 return -EIO;    /* spool file shorter than the envelope says */
         *offset = (uint64_t) off;
         return n;
+}
+
+/* Ends the TLS session (close_notify when it was up) and frees it. What
+ * the server sent and we did not read (TLS 1.3 session tickets, RFC 8446
+ * 4.6.1) is drained first: closing a socket with unread input makes the
+ * kernel send RST, which can destroy our QUIT before the server reads it. */
+static void transport_tls_close(Client *c) {
+        if (c->tls && c->tls_up) {
+                char scratch[CLIENT_READ_CHUNK];
+                uint32_t events;
+
+                for (unsigned i = 0; i < CLIENT_TLS_DRAIN_READS; i++)
+                        if (tls_session_read(c->tls, scratch, sizeof(scratch), &events) <= 0)
+                                break;
+                tls_session_shutdown(c->tls);
+        }
+        c->tls = tls_session_free(c->tls);
+        c->tls_up = false;
+        c->tls_read_events = c->tls_write_events = 0;
+        c->tls_wlen = c->tls_woff = 0;
 }
 
 /* ---- plumbing ---- */
@@ -280,10 +452,24 @@ static int client_update_io(Client *c) {
 
         if (!c->io)
                 return 0;
-        if (c->state == CLIENT_CONNECTING || !buf_empty(&c->out) || c->state == CLIENT_BODY)
-                events |= EPOLLOUT;
-        if (c->state != CLIENT_CONNECTING && c->state != CLIENT_BODY)
-                events |= EPOLLIN;
+        if (c->state == CLIENT_HANDSHAKE)
+                /* OpenSSL says what it waits for. */
+                events = c->tls_read_events | c->tls_write_events;
+        else if (transport_tls(c)) {
+                /* A TLS read may wait for the socket to become writable and
+                 * a write for it to become readable (RFC 8446 4.6). */
+                if (!transport_output_empty(c) || c->state == CLIENT_BODY)
+                        events |= c->tls_write_events ?: EPOLLOUT;
+                if (c->state != CLIENT_BODY)
+                        events |= c->tls_read_events ?: EPOLLIN;
+        } else {
+                if (c->state == CLIENT_CONNECTING || !buf_empty(&c->out) || c->state == CLIENT_BODY)
+                        events |= EPOLLOUT;
+                if (c->state != CLIENT_CONNECTING && c->state != CLIENT_BODY)
+                        events |= EPOLLIN;
+        }
+        if (events == 0)
+                events = EPOLLIN;       /* never leave the connection unwatched */
         return sd_event_source_set_io_events(c->io, events);
 }
 
@@ -315,6 +501,7 @@ static int client_send(Client *c, const char *fmt, ...) {
 }
 
 static void client_close_connection(Client *c) {
+        transport_tls_close(c);
         c->io = sd_event_source_disable_unref(c->io);
         c->fd = safe_close(c->fd);
         buf_clear(&c->in);
@@ -331,18 +518,24 @@ static void client_finish(Client *c) {
 static int client_connect_next(Client *c);
 static int client_next_message(Client *c);
 
-/* The connection to the current target failed before any transaction:
- * log it and go on with the next target. */
-static int client_target_failed(Client *c, const char *details, const char *reason, const char *text) {
+static void client_log_connection_error(Client *c, const char *details, const char *reason) {
         const ResolvedTarget *t = client_target(c);
 
         log_connection_error(c->job->dcid, c->job->domain, c->peer, sockaddr_port((const struct sockaddr *) &t->addr),
                              details, c->iface[0] ? c->iface : "unknown", reason);
+}
+
+/* Leaves the current target (already logged) for the next one; `text` is
+ * the recipients' reason should every target fail. */
+static int client_next_target(Client *c, const char *text) {
         free(c->last_reason);
         c->last_reason = strdup(text);
 
-        if (c->fd >= 0 && c->state != CLIENT_CONNECTING) {
-                /* Courtesy QUIT, not waited for (RFC 5321 3.1). */
+        /* Courtesy QUIT, not waited for (RFC 5321 3.1); never in clear
+         * once the server expects a handshake, and not into a TLS stream
+         * that is not up. */
+        if (c->fd >= 0 && c->state != CLIENT_CONNECTING && c->state != CLIENT_TLS_START &&
+            c->state != CLIENT_HANDSHAKE) {
                 buf_clear(&c->out);
                 if (client_send(c, "QUIT\r\n") >= 0)
                         (void) transport_write(c);
@@ -350,6 +543,50 @@ static int client_target_failed(Client *c, const char *details, const char *reas
         client_close_connection(c);
         c->target++;
         return client_connect_next(c);
+}
+
+/* The connection to the current target failed before any transaction:
+ * log it and go on with the next target. */
+static int client_target_failed(Client *c, const char *details, const char *reason, const char *text) {
+        client_log_connection_error(c, details, reason);
+        return client_next_target(c, text);
+}
+
+/* ---- TLS policy ---- */
+
+static bool tls_mode_required(TlsOutbound m) {
+        return m == TLS_OUT_REQUIRED || m == TLS_OUT_REQUIRED_VERIFY;
+}
+
+static bool tls_mode_verifies(TlsOutbound m) {
+        return m == TLS_OUT_PREFERRED_VERIFY || m == TLS_OUT_REQUIRED_VERIFY;
+}
+
+/* The policy is met on this target (TLS as asked, or clear text allowed). */
+static void client_tls_policy_met(Client *c) {
+        c->job->tls_failure = NULL;
+        c->job->tls_failure_details = mfree(c->job->tls_failure_details);
+}
+
+/* The TLS policy cannot be met on this target (or the handshake failed,
+ * in any mode): record why, log it, and go on with the next target. */
+static int client_tls_failed(Client *c, const char *reason, const char *details) {
+        DeliveryJob *j = c->job;
+        _cleanup_free_ char *text = NULL;
+
+        log_dcid_tls_failed(j->dcid, j->domain, reason, details);
+        free(j->tls_failure_details);
+        j->tls_failure_details = details ? strdup(details) : NULL;
+        j->tls_failure = reason;
+
+        /* RFC 3463 X.7.5: cryptographic failure. */
+        if (tls_mode_required(j->tls_mode))
+                text = reason_new("451 4.7.5 TLS required but %s at %s[%s]", reason, client_host(c), c->peer);
+        else
+                text = reason_new("451 4.7.5 %s at %s[%s]", reason, client_host(c), c->peer);
+        if (!text)
+                return -ENOMEM;
+        return client_next_target(c, text);
 }
 
 /* The connection is gone or unusable. Before the first MAIL that is a
@@ -365,6 +602,7 @@ static int client_connection_failed(Client *c, const char *what) {
         reason = reason_new("451 4.4.2 %s with %s[%s] %s", what, client_host(c), c->peer,
                             c->state == CLIENT_GREETING ? "while waiting for the greeting" :
                             c->state == CLIENT_EHLO || c->state == CLIENT_HELO ? "after HELO/EHLO" :
+                            c->state == CLIENT_STARTTLS ? "after STARTTLS" :
                             c->state == CLIENT_TRANSACTION ? "during MAIL/RCPT/DATA" :
                             c->state == CLIENT_BODY ? "while sending the message" :
                             c->state == CLIENT_DOT ? "after the end of data" : "between messages");
@@ -694,6 +932,162 @@ static int client_handle_transaction(Client *c, const SmtpReply *reply, const ch
         return client_arm_timer(c, c->job->command_timeout);
 }
 
+/* ---- STARTTLS (RFC 3207) ---- */
+
+static bool is_ip_literal(const char *s) {
+        struct in6_addr a;
+
+        return inet_pton(AF_INET, s, &a) == 1 || inet_pton(AF_INET6, s, &a) == 1;
+}
+
+/* The host name the certificate is asked for (SNI, RFC 6066 3): the MX or
+ * route host connected to, or the domain when that is an address. */
+static const char *client_tls_server_name(Client *c) {
+        const char *h = client_target(c)->host;
+
+        return isempty(h) || is_ip_literal(h) ? c->job->domain : h;
+}
+
+static int client_tls_handshake_failed(Client *c, const char *details) {
+        return client_tls_failed(c, DELIVERY_TLS_HANDSHAKE, details);
+}
+
+/* The handshake is done: check the peer as the mode asks, then EHLO again. */
+static int client_tls_established(Client *c) {
+        DeliveryJob *j = c->job;
+        const char *failure = NULL, *detail = NULL;
+        int verified = -1, r;
+
+        c->tls_up = true;
+        c->tls_read_events = c->tls_write_events = 0;
+        j->tls_used = true;
+        j->ktls_tx = tls_session_ktls_tx(c->tls);
+        j->ktls_rx = tls_session_ktls_rx(c->tls);
+
+        if (tls_mode_verifies(j->tls_mode)) {
+                const char *host = client_target(c)->host;
+                const char *names[2] = { j->domain, host };
+                size_t n_names = isempty(host) || is_ip_literal(host) ? 1 : 2;
+
+                if (!tls_session_peer_verified(c->tls)) {
+                        failure = DELIVERY_TLS_UNTRUSTED;
+                        detail = tls_session_verify_error(c->tls) ?: "no certificate";
+                } else if (!tls_session_check_name(c->tls, names, n_names)) {
+                        failure = DELIVERY_TLS_NAME_MISMATCH;
+                        detail = "name mismatch";
+                }
+                verified = !failure;
+        }
+        log_dcid_tls(j->dcid, tls_session_protocol(c->tls) ?: "unknown", tls_session_cipher(c->tls) ?: "unknown",
+                     j->ktls_tx, j->ktls_rx, verified, detail);
+
+        if (failure && j->tls_mode == TLS_OUT_REQUIRED_VERIFY) {
+                /* The QUIT goes out over TLS: the server is in TLS now. */
+                c->state = CLIENT_EHLO;
+                return client_tls_failed(c, failure, detail);
+        }
+        client_tls_policy_met(c);
+
+        /* RFC 3207 4.2: forget what the server said before TLS and ask again. */
+        c->pipelining = false;
+        c->size_max = 0;
+        r = client_send(c, "EHLO %s\r\n", j->helo_name);
+        if (r < 0)
+                return r;
+        c->state = CLIENT_EHLO;
+        return client_arm_timer(c, j->command_timeout);
+}
+
+static int client_tls_handshake(Client *c) {
+        uint32_t events = 0;
+        int r;
+
+        r = tls_session_handshake(c->tls, &events);
+        if (r == -EAGAIN) {
+                c->tls_read_events = events;
+                c->tls_write_events = 0;
+                return 0;
+        }
+        if (r < 0) {
+                const char *e = tls_session_error(c->tls);
+                return client_tls_handshake_failed(c, !isempty(e) ? e : strerror(-r));
+        }
+        return client_tls_established(c);
+}
+
+/* The 220 to STARTTLS is consumed: start the handshake. */
+static int client_tls_start(Client *c) {
+        DeliveryJob *j = c->job;
+        int r;
+
+        /* Anything the server sent after its 220 was sent before TLS and
+         * could be taken for a reply from inside it (CVE-2011-0411). */
+        if (!buf_empty(&c->in)) {
+                buf_clear(&c->in);
+                return client_tls_handshake_failed(c, "clear text after the 220 reply to STARTTLS");
+        }
+
+        r = tls_session_new(j->tls_ctx, c->fd, false, client_tls_server_name(c),
+                            tls_mode_verifies(j->tls_mode) ? TLS_VERIFY_OPTIONAL : TLS_VERIFY_NONE, &c->tls);
+        if (r < 0) {
+                _cleanup_free_ char *e = reason_new("cannot set up a TLS session: %s", strerror(-r));
+                return client_tls_handshake_failed(c, e ?: "cannot set up a TLS session");
+        }
+        c->state = CLIENT_HANDSHAKE;
+        r = client_arm_timer(c, j->command_timeout);
+        if (r < 0)
+                return r;
+        return client_tls_handshake(c);
+}
+
+/* The reply to EHLO (in clear) decides whether STARTTLS is sent. Returns
+ * 1 when it was, 0 to go on without TLS, or a target change. */
+static int client_tls_after_ehlo(Client *c, const SmtpReply *reply) {
+        DeliveryJob *j = c->job;
+        int r;
+
+        if (c->tls_up || j->tls_mode == TLS_OUT_NONE)
+                return 0;
+        if (!smtp_reply_has_extension(reply, "STARTTLS", NULL)) {
+                if (tls_mode_required(j->tls_mode))
+                        return client_tls_failed(c, DELIVERY_TLS_NOT_OFFERED, NULL);
+                return 0;
+        }
+        r = client_send(c, "STARTTLS\r\n");
+        if (r < 0)
+                return r;
+        c->state = CLIENT_STARTTLS;
+        r = client_arm_timer(c, j->command_timeout);
+        return r < 0 ? r : 1;
+}
+
+/* The reply to STARTTLS: 220 starts the handshake once the reply is
+ * consumed (client_process_input); an error reply ends a required* target,
+ * the preferred* modes go on in clear text. */
+static int client_handle_starttls(Client *c, const SmtpReply *reply, const char *text) {
+        _cleanup_free_ char *details = NULL;
+        const char *t = text;
+
+        if (reply->code == 220) {
+                c->state = CLIENT_TLS_START;
+                return 0;
+        }
+
+        /* "454-'4.7.0 TLS not available due to temporary reason'" */
+        if (strlen(t) > 4)
+                t += 4;
+        details = reason_new("%03d-'%s'", reply->code, t);
+        if (!details)
+                return -ENOMEM;
+        client_log_connection_error(c, details, "unexpected SMTP response");
+        if (tls_mode_required(c->job->tls_mode))
+                return client_tls_failed(c, DELIVERY_TLS_REFUSED, text);
+
+        /* Nothing changed on the connection: the first EHLO still holds. */
+        client_tls_policy_met(c);
+        return client_next_message(c);
+}
+
 static int client_handle_reply(Client *c, const SmtpReply *reply) {
         _cleanup_free_ char *text = NULL;
         int r;
@@ -725,6 +1119,9 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
 
         case CLIENT_EHLO:
                 if (reply->code >= 500 && reply->code < 600) {
+                        /* No ESMTP, so no STARTTLS (RFC 3207 4). */
+                        if (!c->tls_up && tls_mode_required(c->job->tls_mode))
+                                return client_tls_failed(c, DELIVERY_TLS_NO_ESMTP, text);
                         /* RFC 5321 3.2: fall back to HELO. */
                         r = client_send(c, "HELO %s\r\n", c->job->helo_name);
                         if (r < 0)
@@ -737,6 +1134,7 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
 
                 SmtpView arg = {};
                 c->pipelining = smtp_reply_has_extension(reply, "PIPELINING", NULL);
+                c->size_max = 0;
                 if (smtp_reply_has_extension(reply, "SIZE", &arg)) {
                         char num[24];
                         uint64_t v;
@@ -752,12 +1150,24 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
                                         c->size_max = v;
                         }
                 }
+
+                size_t target = c->target;
+                r = client_tls_after_ehlo(c, reply);
+                if (r != 0 || c->target != target || c->state == CLIENT_FINISHED)
+                        return r < 0 ? r : 0;
+                if (!c->tls_up)
+                        client_tls_policy_met(c);
                 return client_next_message(c);
 
         case CLIENT_HELO:
                 if (reply->code < 200 || reply->code >= 300)
                         return client_target_failed(c, text, "HELO rejected", text);
+                if (!c->tls_up)
+                        client_tls_policy_met(c);
                 return client_next_message(c);
+
+        case CLIENT_STARTTLS:
+                return client_handle_starttls(c, reply, text);
 
         case CLIENT_TRANSACTION:
                 return client_handle_transaction(c, reply, text);
@@ -793,6 +1203,7 @@ static bool client_expects_reply(Client *c) {
         case CLIENT_GREETING:
         case CLIENT_EHLO:
         case CLIENT_HELO:
+        case CLIENT_STARTTLS:
         case CLIENT_DOT:
         case CLIENT_RSET:
         case CLIENT_QUIT:
@@ -825,6 +1236,8 @@ static int client_process_input(Client *c) {
                 if (c->state == CLIENT_FINISHED || c->target != target)
                         return 0;
                 buf_consume(&c->in, consume);
+                if (c->state == CLIENT_TLS_START)
+                        return client_tls_start(c);
         }
         return 0;
 }
@@ -879,7 +1292,8 @@ static int client_after(Client *c, int r) {
                 client_finish(c);
         }
 
-        if (c->state != CLIENT_FINISHED && c->fd >= 0 && c->state != CLIENT_CONNECTING) {
+        if (c->state != CLIENT_FINISHED && c->fd >= 0 && c->state != CLIENT_CONNECTING &&
+            c->state != CLIENT_HANDSHAKE) {
                 ssize_t n = transport_write(c);
                 if (n < 0 && n != -EAGAIN)
                         (void) client_connection_failed(c, "lost connection");
@@ -900,27 +1314,40 @@ static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdat
 
         if (c->state == CLIENT_CONNECTING)
                 return client_after(c, client_connected(c));
+        if (c->state == CLIENT_HANDSHAKE)
+                return client_after(c, client_tls_handshake(c));
+
+        /* With TLS, either direction may wait on either readiness, so every
+         * wakeup retries what is pending (the calls return -EAGAIN cheaply). */
+        bool tls = transport_tls(c);
 
         /* In BODY a hangup shows up through the next write (EPIPE). */
-        if (revents & (EPOLLOUT | (c->state == CLIENT_BODY ? EPOLLHUP | EPOLLERR : 0))) {
+        if ((revents & (EPOLLOUT | (c->state == CLIENT_BODY ? EPOLLHUP | EPOLLERR : 0))) ||
+            (tls && (!transport_output_empty(c) || c->state == CLIENT_BODY))) {
                 n = transport_write(c);
                 if (n < 0 && n != -EAGAIN)
                         return client_after(c, client_connection_failed(c, "lost connection"));
-                if (c->state == CLIENT_BODY && buf_empty(&c->out)) {
+                if (c->state == CLIENT_BODY && transport_output_empty(c)) {
                         r = client_write_body(c);
                         if (r < 0 || c->state == CLIENT_FINISHED)
                                 return client_after(c, r);
                 }
         }
 
-        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && c->state != CLIENT_BODY) {
-                n = transport_read(c);
-                if (n == 0 || (n < 0 && n != -EAGAIN && n != -ENOBUFS))
-                        return client_after(c, client_connection_failed(c, "lost connection"));
-                if (n == -ENOBUFS)
-                        return client_after(c, client_connection_failed(c, "reply too long"));
-                r = client_process_input(c);
-        }
+        if (((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) || tls) && c->state != CLIENT_BODY)
+                for (;;) {
+                        n = transport_read(c);
+                        if (n == 0 || (n < 0 && n != -EAGAIN && n != -ENOBUFS))
+                                return client_after(c, client_connection_failed(c, "lost connection"));
+                        if (n == -ENOBUFS)
+                                return client_after(c, client_connection_failed(c, "reply too long"));
+                        r = client_process_input(c);
+                        /* OpenSSL may hold decrypted bytes that epoll knows
+                         * nothing about: with TLS read until it would block. */
+                        if (r < 0 || n == -EAGAIN || !tls || !transport_tls(c) ||
+                            c->state == CLIENT_FINISHED || c->state == CLIENT_BODY)
+                                break;
+                }
         return client_after(c, r);
 }
 
@@ -934,7 +1361,9 @@ static int client_timer(sd_event_source *s, uint64_t usec, void *userdata) {
                 reason = reason_new("451 4.4.1 connect to %s[%s]:%u: timed out", client_host(c), c->peer,
                                     sockaddr_port((const struct sockaddr *) &client_target(c)->addr));
                 r = reason ? client_target_failed(c, reason, "connect timeout", reason) : -ENOMEM;
-        } else
+        } else if (c->state == CLIENT_HANDSHAKE)
+                r = client_tls_handshake_failed(c, "timed out");
+        else
                 r = client_connection_failed(c, "timeout");
         return client_after(c, r);
 }
@@ -985,6 +1414,14 @@ int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done,
                 return -EINVAL;
         if (!job->maildir && (isempty(job->helo_name) || isempty(job->domain)))
                 return -EINVAL;
+        if (job->tls_mode < 0 || job->tls_mode >= _TLS_OUT_MAX ||
+            (!job->maildir && job->tls_mode != TLS_OUT_NONE && !job->tls_ctx))
+                return -EINVAL;
+
+        /* The outcome of this attempt only. */
+        job->tls_failure = NULL;
+        job->tls_failure_details = mfree(job->tls_failure_details);
+        job->tls_used = job->ktls_tx = job->ktls_rx = job->sendfile_used = false;
 
         c = calloc(1, sizeof(Client));
         if (!c)

@@ -27,6 +27,7 @@
 #include "smtp-parse.h"
 #include "smtp-server.h"
 #include "spool.h"
+#include "tls.h"
 #include "util/buf.h"
 #include "util/macro.h"
 #include "util/parse.h"
@@ -50,6 +51,8 @@ typedef enum SessionState {
         SESSION_COMMAND,
         SESSION_DATA,
         SESSION_COMMIT,         /* waiting for the spool's group commit */
+        SESSION_STARTTLS,       /* 220 queued: handshake once it is sent */
+        SESSION_HANDSHAKE,      /* TLS handshake in progress */
         SESSION_CLOSING,        /* flush output, then close */
 } SessionState;
 
@@ -64,6 +67,7 @@ struct SmtpServer {
         int fd;
         sd_event_source *io;
         sd_event_source *timer;
+        sd_event_source *kick;  /* reads records OpenSSL already holds */
         uint32_t io_events;
         Buf in, out;
         SmtpLineReader reader;
@@ -72,6 +76,9 @@ struct SmtpServer {
         bool draining;
         bool dead;              /* connection gone while committing */
         const char *close_reason;
+
+        TlsSession *tls;        /* set from STARTTLS on: all I/O goes through it */
+        uint32_t tls_events;    /* what OpenSSL waits for (handshake, or a read that must write) */
 
         char *helo;
         bool esmtp;
@@ -180,6 +187,11 @@ SmtpServer *smtp_server_free(SmtpServer *s) {
         reset_transaction(s);
         sd_event_source_disable_unref(s->io);
         sd_event_source_disable_unref(s->timer);
+        sd_event_source_disable_unref(s->kick);
+        if (s->tls) {
+                tls_session_shutdown(s->tls);
+                tls_session_free(s->tls);
+        }
         safe_close(s->fd);
         log_icid_close(s->setup->icid, s->close_reason);
         worker_session_closed(w, s);
@@ -190,6 +202,7 @@ SmtpServer *smtp_server_free(SmtpServer *s) {
         free(s->helo);
         free(s->rdns);
         config_unref(s->setup->config);
+        SSL_CTX_free(s->setup->tls_ctx);
         free(s->setup);
         free(s);
 
@@ -206,14 +219,49 @@ static void session_end(SmtpServer *s, const char *reason) {
                 s->dead = true;
                 s->io = sd_event_source_disable_unref(s->io);
                 s->timer = sd_event_source_disable_unref(s->timer);
+                s->kick = sd_event_source_disable_unref(s->kick);
                 return;
         }
         smtp_server_free(s);
 }
 
+/* Plain socket or TLS: the state machine does not care which. */
+static ssize_t session_read(SmtpServer *s) {
+        ssize_t n;
+        int r;
+
+        if (!s->tls)
+                return buf_read_fd(&s->in, s->fd, SESSION_READ_CHUNK);
+
+        if (buf_len(&s->in) >= s->in.max)
+                return -ENOBUFS;
+        r = buf_reserve(&s->in, MIN((size_t) SESSION_READ_CHUNK, s->in.max - buf_len(&s->in)));
+        if (r < 0)
+                return r;
+        n = tls_session_read(s->tls, buf_tail(&s->in), buf_avail(&s->in), &s->tls_events);
+        if (n > 0) {
+                buf_commit(&s->in, (size_t) n);
+                s->tls_events = 0;
+        }
+        return n;
+}
+
+static ssize_t session_write(SmtpServer *s) {
+        ssize_t n;
+
+        if (!s->tls)
+                return buf_write_fd(&s->out, s->fd);
+        n = tls_session_write(s->tls, buf_peek(&s->out), buf_len(&s->out), &s->tls_events);
+        if (n > 0)
+                buf_consume(&s->out, (size_t) n);
+        return n;
+}
+
+static void session_start_tls(SmtpServer *s);
+
 static int session_flush(SmtpServer *s) {
         while (!buf_empty(&s->out)) {
-                ssize_t n = buf_write_fd(&s->out, s->fd);
+                ssize_t n = session_write(s);
                 if (n == -EAGAIN)
                         break;
                 if (n < 0) {
@@ -226,6 +274,11 @@ static int session_flush(SmtpServer *s) {
                 if (s->state == SESSION_CLOSING) {
                         session_end(s, NULL);
                         return -ECONNRESET;
+                }
+                if (s->state == SESSION_STARTTLS) {
+                        /* The 220 is on the wire; from here the socket is OpenSSL's. */
+                        session_start_tls(s);
+                        return -EINPROGRESS;
                 }
         }
         session_update_io(s);
@@ -249,7 +302,9 @@ static void session_update_io(SmtpServer *s) {
 
         if (!s->io)
                 return;
-        if (!buf_empty(&s->out))
+        if (s->state == SESSION_HANDSHAKE)
+                ev = s->tls_events ?: EPOLLIN;
+        if (!buf_empty(&s->out) || (s->tls_events & EPOLLOUT))
                 ev |= EPOLLOUT;
         if ((s->state == SESSION_COMMAND || s->state == SESSION_DATA) &&
             buf_len(&s->out) < SESSION_OUTPUT_HIGH && buf_len(&s->in) < s->in.max)
@@ -259,6 +314,10 @@ static void session_update_io(SmtpServer *s) {
                 (void) sd_event_source_set_io_events(s->io, ev);
                 (void) sd_event_source_set_enabled(s->io, ev ? SD_EVENT_ON : SD_EVENT_OFF);
         }
+        /* Decrypted bytes inside OpenSSL do not make the socket readable. */
+        if (s->kick && (ev & EPOLLIN) && s->tls && s->state != SESSION_HANDSHAKE &&
+            tls_session_pending(s->tls) > 0)
+                (void) sd_event_source_set_enabled(s->kick, SD_EVENT_ONESHOT);
 }
 
 /* ---- greeting ---- */
@@ -339,7 +398,40 @@ static void cmd_helo(SmtpServer *s, const SmtpCommand *c) {
         reply(s, "250-PIPELINING");
         reply(s, "250-SIZE %" PRIu64, s->limits.max_message_size);
         reply(s, "250-8BITMIME");
+        /* RFC 3207 4.2: not offered again once TLS is active. */
+        if (!s->tls && s->setup->tls_mode != TLS_IN_OFF && s->setup->tls_ctx)
+                reply(s, "250-STARTTLS");
         reply(s, "250 ENHANCEDSTATUSCODES");
+}
+
+static bool tls_required(const SmtpServer *s) {
+        return s->setup->tls_mode == TLS_IN_REQUIRED || s->setup->tls_mode == TLS_IN_REQUIRED_VERIFY;
+}
+
+/* RFC 3207 4: with TLS required, mail commands wait for STARTTLS. */
+static bool refuse_without_tls(SmtpServer *s) {
+        if (s->tls || !tls_required(s))
+                return false;
+        reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+        return true;
+}
+
+static void cmd_starttls(SmtpServer *s, const SmtpCommand *c) {
+        if (s->setup->tls_mode == TLS_IN_OFF) {
+                reply(s, "502 5.5.1 Error: command not implemented");
+                return;
+        }
+        if (s->tls) {
+                reply(s, "503 5.5.1 Error: TLS already active");
+                return;
+        }
+        if (!s->setup->tls_ctx) {
+                reply(s, "454 4.7.0 TLS not available due to temporary reason");
+                return;
+        }
+        reset_transaction(s);
+        reply(s, "220 2.0.0 Ready to start TLS");
+        s->state = SESSION_STARTTLS;
 }
 
 static void cmd_mail(SmtpServer *s, const SmtpCommand *c) {
@@ -349,6 +441,8 @@ static void cmd_mail(SmtpServer *s, const SmtpCommand *c) {
                 reply(s, "503 5.5.1 Error: send HELO/EHLO first");
                 return;
         }
+        if (refuse_without_tls(s))
+                return;
         if (s->in_mail) {
                 reply(s, "503 5.5.1 Error: nested MAIL command");
                 return;
@@ -423,6 +517,8 @@ static void cmd_rcpt(SmtpServer *s, const SmtpCommand *c) {
         _cleanup_free_ char *rcpt = NULL;
         char **l;
 
+        if (refuse_without_tls(s))
+                return;
         if (!s->in_mail) {
                 reply(s, "503 5.5.1 Error: need MAIL command");
                 return;
@@ -472,7 +568,7 @@ static void cmd_rcpt(SmtpServer *s, const SmtpCommand *c) {
 
 static int write_received(SmtpServer *s) {
         char date[64], helo[SESSION_HELO_MAX * 4 + 1], rdns[SESSION_HELO_MAX * 4 + 1];
-        char hdr[2048], rcpt[SMTP_PATH_MAX * 4 + 32] = "";
+        char hdr[2048], rcpt[SMTP_PATH_MAX * 4 + 32] = "", tls[256] = "";
         struct tm tm;
         time_t now = time(NULL);
         int n;
@@ -494,13 +590,21 @@ static int write_received(SmtpServer *s) {
                 snprintf(rcpt, sizeof rcpt, "\r\n\tfor <%s>", esc);
         }
 
-        /* RFC 5321 4.4 trace information, prepended. */
+        if (s->tls) {
+                int bits = tls_session_cipher_bits(s->tls);
+                snprintf(tls, sizeof tls, "\r\n\t(using %s with cipher %s (%d/%d bits))",
+                         tls_session_protocol(s->tls), tls_session_cipher(s->tls), bits, bits);
+        }
+
+        /* RFC 5321 4.4 trace information, prepended; "ESMTPS" for STARTTLS
+         * sessions (RFC 3848). */
         n = snprintf(hdr, sizeof hdr,
-                     "Received: from %s (%s [%s])\r\n"
+                     "Received: from %s (%s [%s])%s\r\n"
                      "\tby %s (tlsgw) with %s id %" PRIu64 "%s;\r\n"
                      "\t%s\r\n",
-                     helo, rdns, s->peer_ip, hostname(s),
-                     s->esmtp ? "ESMTP" : "SMTP", s->env.mid, rcpt, date);
+                     helo, rdns, s->peer_ip, tls, hostname(s),
+                     s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : (s->tls ? "SMTPS" : "SMTP"),
+                     s->env.mid, rcpt, date);
         if (n < 0 || (size_t) n >= sizeof hdr)
                 return -ENOBUFS;
         return spool_writer_write(s->writer, hdr, (size_t) n);
@@ -509,6 +613,8 @@ static int write_received(SmtpServer *s) {
 static void cmd_data(SmtpServer *s) {
         int r;
 
+        if (refuse_without_tls(s))
+                return;
         if (!s->in_mail) {
                 reply(s, "503 5.5.1 Error: need MAIL command");
                 return;
@@ -632,6 +738,8 @@ static void handle_command(SmtpServer *s, SmtpView line) {
                         reply(s, "501 5.5.4 Syntax: MAIL FROM:<address>");
                 else if (c.verb == SMTP_RCPT)
                         reply(s, "501 5.5.4 Syntax: RCPT TO:<address>");
+                else if (c.verb == SMTP_STARTTLS)
+                        reply(s, "501 5.5.4 Syntax: STARTTLS");
                 else
                         reply(s, "501 5.5.4 Syntax error in parameters or arguments");
                 return;
@@ -665,6 +773,9 @@ static void handle_command(SmtpServer *s, SmtpView line) {
         case SMTP_HELP:
                 reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY");
                 break;
+        case SMTP_STARTTLS:
+                cmd_starttls(s, &c);
+                break;
         case SMTP_VRFY:
                 /* RFC 5321 3.5.3: 252 when we will not verify. */
                 reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
@@ -673,6 +784,60 @@ static void handle_command(SmtpServer *s, SmtpView line) {
                 reply(s, "502 5.5.1 Error: command not implemented");
                 break;
         }
+}
+
+/* ---- TLS ---- */
+
+static void session_handshake(SmtpServer *s) {
+        int r = tls_session_handshake(s->tls, &s->tls_events);
+        TlsInbound mode = s->setup->tls_mode;
+        int peer_cert = -1;
+
+        if (r == -EAGAIN) {
+                session_update_io(s);
+                return;
+        }
+        if (r < 0) {
+                log_icid_tls_failed(s->setup->icid, tls_session_error(s->tls));
+                session_end(s, "TLS handshake failed");
+                return;
+        }
+
+        s->tls_events = 0;
+        if (mode == TLS_IN_PREFERRED_VERIFY || mode == TLS_IN_REQUIRED_VERIFY)
+                peer_cert = tls_session_peer_verified(s->tls) ? 1 : 0;
+        log_icid_tls(s->setup->icid, tls_session_protocol(s->tls), tls_session_cipher(s->tls),
+                     tls_session_ktls_tx(s->tls), tls_session_ktls_rx(s->tls), peer_cert,
+                     tls_session_peer_cn(s->tls),
+                     peer_cert == 0 && tls_session_peer_cert(s->tls) ? tls_session_verify_error(s->tls) : NULL);
+
+        /* RFC 3207 4.2: forget everything learnt before TLS; the client
+         * must say EHLO again. */
+        reset_transaction(s);
+        s->helo = mfree(s->helo);
+        s->esmtp = false;
+        s->state = SESSION_COMMAND;
+        session_arm_timer(s);
+        session_update_io(s);
+}
+
+static void session_start_tls(SmtpServer *s) {
+        TlsVerifyMode verify = TLS_VERIFY_NONE;
+        int r;
+
+        if (s->setup->tls_mode == TLS_IN_PREFERRED_VERIFY)
+                verify = TLS_VERIFY_OPTIONAL;
+        else if (s->setup->tls_mode == TLS_IN_REQUIRED_VERIFY)
+                verify = TLS_VERIFY_REQUIRED;
+
+        r = tls_session_new(s->setup->tls_ctx, s->fd, true, NULL, verify, &s->tls);
+        if (r < 0) {
+                log_icid_tls_failed(s->setup->icid, "cannot create a TLS session");
+                session_end(s, "TLS setup failed");
+                return;
+        }
+        s->state = SESSION_HANDSHAKE;
+        session_handshake(s);
 }
 
 /* ---- input ---- */
@@ -714,6 +879,17 @@ static void session_process(SmtpServer *s) {
                         } else if (r > 0) {
                                 handle_command(s, line);
                                 buf_consume(&s->in, consume);
+                                if (s->state == SESSION_STARTTLS && !buf_empty(&s->in)) {
+                                        /* CVE-2011-0411: plaintext pipelined after
+                                         * STARTTLS would be taken as if it came over
+                                         * TLS. Drop the session without a word. */
+                                        log_icid_event(s->setup->icid, LOG_NOTICE,
+                                                       "STARTTLS followed by pipelined plaintext, dropping session");
+                                        buf_clear(&s->out);
+                                        s->state = SESSION_CLOSING;
+                                        s->close_reason = "plaintext after STARTTLS";
+                                        break;
+                                }
                         } else {
                                 buf_consume(&s->in, consume);
                                 break;
@@ -740,15 +916,27 @@ static void session_process(SmtpServer *s) {
 static int on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
         SmtpServer *s = userdata;
 
+        if (s->state == SESSION_HANDSHAKE) {
+                session_handshake(s);
+                return 0;
+        }
         if (revents & EPOLLOUT) {
                 if (session_flush(s) < 0)
                         return 0;
         }
-        if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-                ssize_t n = buf_read_fd(&s->in, s->fd, SESSION_READ_CHUNK);
-                if (n == -EAGAIN || n == -ENOBUFS)
+        if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) || ((revents & EPOLLOUT) && (s->tls_events & EPOLLOUT))) {
+                ssize_t n;
+
+                if (s->state != SESSION_COMMAND && s->state != SESSION_DATA)
                         return 0;
+                n = session_read(s);
+                if (n == -EAGAIN || n == -ENOBUFS) {
+                        session_update_io(s);
+                        return 0;
+                }
                 if (n <= 0) {
+                        if (n < 0 && s->tls)
+                                log_icid_event(s->setup->icid, LOG_INFO, "TLS read failed: %s", tls_session_error(s->tls));
                         session_end(s, n == 0 ? NULL : "read error");
                         return 0;
                 }
@@ -756,6 +944,11 @@ static int on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
                 session_process(s);
         }
         return 0;
+}
+
+static int on_kick(sd_event_source *src, void *userdata) {
+        SmtpServer *s = userdata;
+        return on_io(s->io, s->fd, EPOLLIN, s);
 }
 
 static int on_timer(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -781,6 +974,7 @@ int smtp_server_new(Worker *w, SessionSetup *setup, SmtpServer **ret) {
         if (!s) {
                 safe_close(setup->fd);
                 config_unref(setup->config);
+                SSL_CTX_free(setup->tls_ctx);
                 free(setup);
                 return -ENOMEM;
         }
@@ -810,6 +1004,10 @@ int smtp_server_new(Worker *w, SessionSetup *setup, SmtpServer **ret) {
         r = sd_event_add_time(w->event, &s->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_timer, s);
         if (r < 0)
                 goto fail;
+        r = sd_event_add_defer(w->event, &s->kick, on_kick, s);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(s->kick, SD_EVENT_OFF);
 
         r = resolver_reverse(w->resolver, (struct sockaddr *) &setup->peer, on_rdns, s, &s->rdns_query);
         if (r < 0) {
@@ -839,7 +1037,8 @@ void smtp_server_abort(SmtpServer *s) {
                 log_mid_aborted(s->env.mid, s->env.icid, "shutdown during DATA");
         if (s->state != SESSION_LOOKUP) {
                 reply(s, "421 4.3.2 %s Service shutting down", hostname(s));
-                (void) buf_write_fd(&s->out, s->fd);
+                if (s->state != SESSION_HANDSHAKE)
+                        (void) session_write(s);
         }
         if (!s->close_reason)
                 s->close_reason = "shutdown";

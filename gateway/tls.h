@@ -6,12 +6,13 @@
  *
  * Server contexts are built per listener (one or more certificates: OpenSSL
  * picks ECDSA or RSA by the client's signature algorithms; full chains are
- * always served), client contexts per outbound settings. Every context has
- * SSL_OP_ENABLE_KTLS so OpenSSL hands record encryption to the kernel when
- * it can (see ktls.h). Session tickets are encrypted with process-wide keys
- * that rotate (the previous key still decrypts), and TLS 1.3 tickets are
- * sent with the first reply rather than after the handshake so that no
- * Nagle/delayed-ACK stall follows STARTTLS.
+ * always served), client contexts per outbound settings. Contexts whose
+ * settings ask for kTLS (the default) have SSL_OP_ENABLE_KTLS so OpenSSL
+ * hands record encryption to the kernel when it can (see ktls.h). Session
+ * tickets are encrypted with process-wide keys that rotate (the previous
+ * key still decrypts). TLS sockets get TCP_NODELAY: the TLS 1.3 ticket
+ * that follows the handshake must not leave the next reply waiting for a
+ * delayed ACK (Nagle).
  *
  * TlsSession wraps one SSL on a non-blocking socket. Calls return
  * 1/bytes on progress, -EAGAIN with *ret_events (EPOLLIN/EPOLLOUT) when the
@@ -31,6 +32,10 @@
 
 /* Ticket keys rotate this often; a ticket stays valid for two periods. */
 #define TLS_TICKET_KEY_ROTATION_DEFAULT (12ULL * 3600ULL * 1000000ULL)
+
+/* Sets the rotation period of the process-wide ticket keys (usec; 0 = the
+ * default). Thread-safe; takes effect at the next rotation check. */
+void tls_set_ticket_rotation(uint64_t usec);
 
 typedef struct TlsSettings {
         const char *min_version;        /* "TLSv1.2" (default) or "TLSv1.3" */
@@ -97,3 +102,7 @@ const char *tls_session_verify_error(const TlsSession *t);      /* X509 reason o
 const char *tls_session_peer_cn(const TlsSession *t);
 /* RFC 6125 host name match of the peer certificate against any of names. */
 bool tls_session_check_name(const TlsSession *t, const char * const *names, size_t n_names);
+
+/* Tests only: rotates the process-wide ticket keys now (the current key
+ * becomes the previous one, the one before is forgotten). */
+void tls_ticket_keys_rotate_for_test(void);

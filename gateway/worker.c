@@ -240,6 +240,7 @@ int worker_add_session(Worker *w, SessionSetup *setup) {
 fail:
         safe_close(setup->fd);
         config_unref(setup->config);
+        SSL_CTX_free(setup->tls_ctx);
         free(setup);
         return r;
 }

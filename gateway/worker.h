@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 
+#include <openssl/ssl.h>
 #include <systemd/sd-event.h>
 
 #include "config.h"
@@ -57,6 +58,8 @@ typedef struct SessionSetup {
         const ListenerConfig *listener;
         const MailFlowPolicy *policy;
         const SenderGroup *sender_group;
+        TlsInbound tls_mode;            /* policy override, else the listener's */
+        SSL_CTX *tls_ctx;               /* a reference, NULL when TLS cannot be offered */
         char match[CIDR_STRLEN];        /* the sender group source that matched */
         char listener_addr[INET6_ADDRSTRLEN];
         struct sockaddr_storage peer;

@@ -102,3 +102,9 @@ static inline int negative_errno(void) {
 #define USEC_PER_SEC  ((uint64_t) 1000000ULL)
 #define USEC_PER_MSEC ((uint64_t) 1000ULL)
 #define USEC_INFINITY ((uint64_t) -1)
+
+/* free() that returns NULL, for `p = mfree(p)`. */
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}

@@ -20,12 +20,8 @@
 #include "build-config.h"
 #include "config.h"
 #include "tap.h"
+#include "tls.h"
 #include "util/macro.h"
-
-static void *mfree(void *p) {
-        free(p);
-        return NULL;
-}
 
 static char tmpdir[] = "/tmp/test-config-XXXXXX";
 static unsigned n_files;
@@ -133,16 +129,28 @@ static void test_example(void) {
         is_str(c->dns_servers ? c->dns_servers[0] : NULL, "127.0.0.1:5353", "example: dns server");
         is_str(c->alert_recipients ? c->alert_recipients[0] : NULL, "postmaster@example.com", "example: alert recipient");
 
-        is_int(c->n_listeners, 2, "example: two listeners");
+        is_int(c->n_listeners, 3, "example: three listeners");
         l = config_find_listener(c, "inbound");
         ok(l && l->port == 25 && streq(l->address, "0.0.0.0"), "example: inbound 0.0.0.0:25");
         ok(l && l->limits.max_message_size == 10 * 1024 * 1024, "example: max_message_size \"10M\"");
         ok(l && l->limits.idle_timeout == 300 * USEC_PER_SEC, "example: idle_timeout \"5m\"");
         ok(l && l->default_policy && streq(l->default_policy->name, "ACCEPTED"), "example: default policy resolved");
-        ok(l && l->tls == TLS_IN_PREFERRED && l->ktls && streq(l->certificate, "mx"), "example: tls settings");
+        ok(l && l->tls == TLS_IN_PREFERRED && l->ktls, "example: tls settings");
+        ok(l && l->certificates && streq(l->certificates[0], "mx-ec") && streq(l->certificates[1], "mx-rsa") &&
+           !l->certificates[2], "example: two certificates");
+        ok(l && streq(l->tls_min_version, "TLSv1.2") && !l->tls_ciphers && !l->tls_ciphersuites && !l->tls_groups &&
+           !l->client_ca, "example: inbound TLS defaults");
         l = config_find_listener(c, "submission-lo");
         ok(l && streq(l->hostname, "mx.example.com"), "example: listener hostname defaults to top-level");
         ok(l && listener_accepts_domain(l, "LOCALHOST"), "example: accepted domain, case-insensitive");
+        ok(l && l->tls == TLS_IN_OFF && !l->certificates, "example: submission-lo without TLS, demo certificate");
+        l = config_find_listener(c, "partners");
+        ok(l && l->tls == TLS_IN_REQUIRED_VERIFY && streq(l->client_ca, "/etc/tlsgw/partner-ca.pem"),
+           "example: partners listener requires verified client certificates");
+        ok(l && l->certificates && streq(l->certificates[0], "mx-ec") && !l->certificates[1],
+           "example: single 'certificate' is a list of one");
+        ok(l && streq(l->tls_min_version, "TLSv1.3") && streq(l->tls_groups, "X25519:P-256"),
+           "example: partners listener TLS 1.3 only, groups");
 
         is_int(c->n_policies, 5, "example: five policies");
         is_int(c->n_sender_groups, 3, "example: three sender groups");
@@ -165,6 +173,20 @@ static void test_example(void) {
         d = config_find_destination(c, "partner.example");
         ok(d && d->tls == TLS_OUT_REQUIRED_VERIFY, "example: partner.example tls");
         ok(d && d->max_connections == 20 && d->max_messages_per_connection == 50, "example: partner.example inherits from default");
+        ok(d && streq(d->ca_file, "/etc/tlsgw/partner-ca.pem") && d->tls_min_version == NULL,
+           "example: partner.example ca_file");
+        ok(c->destinations[0].ca_file == NULL && c->destinations[0].tls_min_version == NULL,
+           "example: default destination uses tls_client values");
+
+        is_str(c->tls_client.certificate, "mx-client", "example: tls_client certificate");
+        is_str(c->tls_client.ca_file, "/etc/ssl/certs/ca-certificates.crt", "example: tls_client ca_file");
+        is_str(c->tls_client.min_version, "TLSv1.2", "example: tls_client min_version");
+        is_str(c->tls_client.ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20", "example: tls_client ciphers");
+        is_str(c->tls_client.ciphersuites, "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+               "example: tls_client ciphersuites");
+        is_str(c->tls_client.groups, "X25519:P-256:P-384", "example: tls_client groups");
+        ok(c->tls_alert_enabled && c->tls_alert_interval == 3600 * USEC_PER_SEC, "example: tls_alerts");
+        is_int(c->tls_ticket_rotation, 12 * 3600 * USEC_PER_SEC, "example: tls_ticket_rotation");
 
         is_int(c->queue.retry_min, 60 * USEC_PER_SEC, "example: queue retry_min");
         is_int(c->queue.lifetime, 5 * 86400 * USEC_PER_SEC, "example: queue lifetime");
@@ -212,6 +234,17 @@ static void test_defaults(void) {
         ok(c->queue.retry_min == 60 * USEC_PER_SEC && c->queue.retry_max == 3600 * USEC_PER_SEC &&
            c->queue.connect_timeout == 30 * USEC_PER_SEC && c->queue.command_timeout == 300 * USEC_PER_SEC &&
            c->queue.smtp_port == 25 && c->queue.max_connections == 200, "default: queue");
+
+        ok(l && l->tls == TLS_IN_PREFERRED && l->ktls && !l->certificates && streq(l->tls_min_version, "TLSv1.2") &&
+           !l->tls_ciphers && !l->tls_ciphersuites && !l->tls_groups && !l->client_ca,
+           "default: listener TLS preferred, demo certificate, TLSv1.2, kTLS");
+        ok(!c->destinations[0].ca_file && !c->destinations[0].tls_min_version && c->destinations[0].ktls,
+           "default: destination TLS settings from tls_client");
+        ok(!c->tls_client.certificate && !c->tls_client.ca_file && !c->tls_client.min_version &&
+           !c->tls_client.ciphers && !c->tls_client.ciphersuites && !c->tls_client.groups,
+           "default: tls_client all unset");
+        ok(c->tls_alert_enabled && c->tls_alert_interval == 3600 * USEC_PER_SEC, "default: TLS alerts on, 1h");
+        is_int(c->tls_ticket_rotation, TLS_TICKET_KEY_ROTATION_DEFAULT, "default: ticket rotation");
 
         /* Validation also guards hand-built configurations. */
         {
@@ -531,6 +564,297 @@ static void test_lookups(void) {
         config_unref(c);
 }
 
+static void test_tls(void) {
+        const DestinationConfig *d;
+        Config *c;
+
+        c = load_ok(BASE_POLICY
+                    "listeners = (\n"
+                    "  { name = \"a\"; address = \"127.0.0.1\"; port = 25; default_policy = \"P\";\n"
+                    "    certificates = [ \"mx-ec\", \"mx-rsa\" ]; tls_min_version = \"TLSv1.3\";\n"
+                    "    tls_ciphers = \"ECDHE+AESGCM\"; tls_ciphersuites = \"TLS_AES_128_GCM_SHA256\";\n"
+                    "    tls_groups = \"P-256\"; client_ca = \"/etc/tlsgw/ca.pem\"; tls = \"required-verify\"; },\n"
+                    "  { name = \"b\"; address = \"127.0.0.1\"; port = 26; default_policy = \"P\"; certificate = \"one\"; },\n"
+                    "  { name = \"c\"; address = \"127.0.0.1\"; port = 27; default_policy = \"P\"; certificates = []; },\n"
+                    "  { name = \"d\"; address = \"127.0.0.1\"; port = 28; default_policy = \"P\";\n"
+                    "    tls = \"off\"; client_ca = \"/etc/tlsgw/ca.pem\"; ktls = false; } );\n"
+                    "destinations = ( { domain = \"x.example\"; tls = \"required\"; },\n"
+                    "                 { domain = \"default\"; ca_file = \"/etc/tlsgw/default-ca.pem\"; tls_min_version = \"TLSv1.3\"; },\n"
+                    "                 { domain = \"y.example\"; ca_file = \"/etc/tlsgw/y.pem\"; tls_min_version = \"TLSv1.2\"; } );\n"
+                    "tls_client = { certificate = \"client\"; ca_file = \"/etc/ssl/certs/ca-certificates.crt\";\n"
+                    "               min_version = \"TLSv1.3\"; ciphers = \"ECDHE+CHACHA20\";\n"
+                    "               ciphersuites = \"TLS_CHACHA20_POLY1305_SHA256\"; groups = \"X25519\"; };\n"
+                    "tls_alerts = { enabled = false; interval = \"30m\"; };\n"
+                    "tls_ticket_rotation = \"6h\";\n",
+                    "TLS keys load");
+        if (c) {
+                const ListenerConfig *l = &c->listeners[0];
+
+                ok(l->certificates && streq(l->certificates[0], "mx-ec") && streq(l->certificates[1], "mx-rsa") &&
+                   !l->certificates[2], "certificates: two names in order");
+                is_str(l->tls_min_version, "TLSv1.3", "listener tls_min_version");
+                is_str(l->tls_ciphers, "ECDHE+AESGCM", "listener tls_ciphers");
+                is_str(l->tls_ciphersuites, "TLS_AES_128_GCM_SHA256", "listener tls_ciphersuites");
+                is_str(l->tls_groups, "P-256", "listener tls_groups");
+                is_str(l->client_ca, "/etc/tlsgw/ca.pem", "listener client_ca");
+                ok(l->tls == TLS_IN_REQUIRED_VERIFY && l->ktls, "listener tls required-verify, ktls default");
+                l = &c->listeners[1];
+                ok(l->certificates && streq(l->certificates[0], "one") && !l->certificates[1],
+                   "certificate: a list of one");
+                ok(l->tls == TLS_IN_PREFERRED && streq(l->tls_min_version, "TLSv1.2"), "listener TLS defaults");
+                ok(!c->listeners[2].certificates, "certificates = []: demo certificate (NULL)");
+                l = &c->listeners[3];
+                ok(l->tls == TLS_IN_OFF && streq(l->client_ca, "/etc/tlsgw/ca.pem") && !l->ktls,
+                   "tls off with client_ca is accepted");
+
+                d = config_find_destination(c, "x.example");
+                ok(d && d->tls == TLS_OUT_REQUIRED && streq(d->ca_file, "/etc/tlsgw/default-ca.pem") &&
+                   streq(d->tls_min_version, "TLSv1.3"), "destination inherits ca_file and tls_min_version from default");
+                ok(d && d->ca_file != c->destinations[0].ca_file, "inherited ca_file is a copy");
+                d = config_find_destination(c, "y.example");
+                ok(d && streq(d->ca_file, "/etc/tlsgw/y.pem") && streq(d->tls_min_version, "TLSv1.2"),
+                   "destination overrides ca_file and tls_min_version");
+                d = config_find_destination(c, "z.example");
+                ok(d && streq(d->ca_file, "/etc/tlsgw/default-ca.pem"), "unknown domain uses default's ca_file");
+
+                is_str(c->tls_client.certificate, "client", "tls_client.certificate");
+                is_str(c->tls_client.ca_file, "/etc/ssl/certs/ca-certificates.crt", "tls_client.ca_file");
+                is_str(c->tls_client.min_version, "TLSv1.3", "tls_client.min_version");
+                is_str(c->tls_client.ciphers, "ECDHE+CHACHA20", "tls_client.ciphers");
+                is_str(c->tls_client.ciphersuites, "TLS_CHACHA20_POLY1305_SHA256", "tls_client.ciphersuites");
+                is_str(c->tls_client.groups, "X25519", "tls_client.groups");
+                is_int(c->tls_client.line, 14, "tls_client line recorded");
+                ok(!c->tls_alert_enabled && c->tls_alert_interval == 30 * 60 * USEC_PER_SEC, "tls_alerts disabled, 30m");
+                is_int(c->tls_ticket_rotation, 6 * 3600 * USEC_PER_SEC, "tls_ticket_rotation 6h");
+                config_unref(c);
+        }
+
+        c = load_ok(BASE
+                    "destinations = ( { domain = \"x.example\"; ca_file = \"/x.pem\"; } );\n"
+                    "tls_alerts = { interval = 120; };\n"
+                    "tls_ticket_rotation = 3600;\n",
+                    "TLS keys: integer durations, no default destination");
+        if (c) {
+                ok(c->destinations[0].ca_file == NULL && c->destinations[0].tls_min_version == NULL,
+                   "built-in default destination has no ca_file");
+                d = config_find_destination(c, "x.example");
+                ok(d && streq(d->ca_file, "/x.pem") && !d->tls_min_version, "destination ca_file alone");
+                ok(c->tls_alert_enabled && c->tls_alert_interval == 120 * USEC_PER_SEC, "tls_alerts interval in seconds");
+                is_int(c->tls_ticket_rotation, 3600 * USEC_PER_SEC, "tls_ticket_rotation in seconds");
+                ok(!c->tls_client.certificate && !c->tls_client.ca_file && c->tls_client.line == 0,
+                   "no tls_client group: all unset");
+                config_unref(c);
+        }
+}
+
+#define LISTENER_HEAD \
+        "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+
+static void test_tls_errors(void) {
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificate = \"a\";\n"
+                        "  certificates = [ \"b\" ]; } );\n",
+                        4, "listener 'inbound': 'certificate' and 'certificates' exclude each other",
+                        "certificate and certificates together");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificates = [ \"b\" ];\n"
+                        "  certificate = \"a\"; } );\n",
+                        4, "listener 'inbound': 'certificate' and 'certificates' exclude each other",
+                        "certificates and certificate together (other order)");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificates = [ \"good\",\n"
+                        "                   \"bad/name\" ]; } );\n",
+                        4, "listener 'inbound': certificate \"bad/name\" is not a valid certificate name",
+                        "certificates: invalid name at its element's line");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificate = \"..\"; } );\n",
+                        3, "listener 'inbound': certificate \"..\" is not a valid certificate name",
+                        "certificate \"..\" refused (leaves the store)");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificate = \"\"; } );\n",
+                        3, "listener 'inbound': 'certificate' must not be empty", "empty certificate");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificates = [ \"a\", \"b\",\n"
+                        "    \"a\" ]; } );\n",
+                        4, "listener 'inbound': certificate \"a\" listed twice", "duplicate certificate");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificates = [ \"a\", \"b\", \"c\", \"d\", \"e\", \"f\" ]; } );\n",
+                        3, "listener 'inbound': 'certificates' lists 6 names, at most 5", "too many certificates");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  certificates = \"a\"; } );\n",
+                        3, "listener 'inbound': 'certificates' must be a list of strings", "certificates not a list");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  tls_min_version = \"TLSv1.1\"; } );\n",
+                        3, "listener 'inbound': tls_min_version \"TLSv1.1\" is not one of: TLSv1.2, TLSv1.3",
+                        "listener tls_min_version TLSv1.1");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  tls_min_version = \"tlsv1.3\"; } );\n",
+                        3, "listener 'inbound': tls_min_version \"tlsv1.3\" is not one of",
+                        "tls_min_version is case-sensitive");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  client_ca = \"ca.pem\"; } );\n",
+                        3, "listener 'inbound': client_ca \"ca.pem\" is not an absolute path", "relative client_ca");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  tls_ciphers = \"\"; } );\n",
+                        3, "listener 'inbound': 'tls_ciphers' must not be empty", "empty tls_ciphers");
+        expect_error_at(BASE_POLICY LISTENER_HEAD
+                        "  tls_groups = 5; } );\n",
+                        3, "listener 'inbound': 'tls_groups' must be a string, not an integer", "tls_groups type");
+        expect_error_at(BASE
+                        "destinations = ( { domain = \"a.example\";\n"
+                        "  ca_file = \"certs/a.pem\"; } );\n",
+                        4, "destination 'a.example': ca_file \"certs/a.pem\" is not an absolute path",
+                        "relative destination ca_file");
+        expect_error_at(BASE
+                        "destinations = ( { domain = \"default\"; tls_min_version = \"TLSv1.0\"; } );\n",
+                        3, "destination 'default': tls_min_version \"TLSv1.0\" is not one of: TLSv1.2, TLSv1.3",
+                        "destination tls_min_version TLSv1.0");
+        expect_error_at(BASE "tls_client = {\n  min_version = \"SSLv3\"; };\n",
+                        4, "tls_client: min_version \"SSLv3\" is not one of: TLSv1.2, TLSv1.3",
+                        "tls_client min_version");
+        expect_error_at(BASE "tls_client = { ca_file = \"./ca.pem\"; };\n",
+                        3, "tls_client: ca_file \"./ca.pem\" is not an absolute path", "relative tls_client ca_file");
+        expect_error_at(BASE "tls_client = { certificate = \"a b\"; };\n",
+                        3, "tls_client: certificate \"a b\" is not a valid certificate name", "tls_client certificate name");
+        expect_error_at(BASE "tls_client = {\n  verify = true; };\n",
+                        4, "tls_client: unknown key 'verify'", "tls_client unknown key");
+        expect_error_at(BASE "tls_client = [ \"x\" ];\n",
+                        3, "'tls_client' must be a group { ... }, not an array", "tls_client not a group");
+        expect_error_at(BASE "tls_alerts = {\n  interval = \"10s\"; };\n",
+                        4, "tls_alerts: interval 10s out of range 1m..7d", "tls_alerts interval too short");
+        expect_error_at(BASE "tls_alerts = { interval = \"8d\"; };\n",
+                        3, "tls_alerts: interval 8d out of range 1m..7d", "tls_alerts interval too long");
+        expect_error_at(BASE "tls_alerts = { interval = \"soon\"; };\n",
+                        3, "tls_alerts: interval \"soon\" is not a duration", "tls_alerts interval not a duration");
+        expect_error_at(BASE "tls_alerts = { enabled = \"yes\"; };\n",
+                        3, "tls_alerts: 'enabled' must be true or false, not a string", "tls_alerts enabled type");
+        expect_error_at(BASE "tls_alerts = { recipients = [ \"a@example.com\" ]; };\n",
+                        3, "tls_alerts: unknown key 'recipients'", "tls_alerts unknown key");
+        expect_error_at(BASE "tls_alerts = true;\n",
+                        3, "'tls_alerts' must be a group { ... }, not a boolean", "tls_alerts not a group");
+        expect_error_at(BASE "\ntls_ticket_rotation = \"85h\";\n",
+                        4, "tls_ticket_rotation 85h out of range 1m..84h", "tls_ticket_rotation too long");
+        expect_error_at(BASE "tls_ticket_rotation = 30;\n",
+                        3, "tls_ticket_rotation 30s out of range 1m..84h", "tls_ticket_rotation too short");
+}
+
+/* Cipher, suite and group strings go through tls_settings_validate(); the
+ * message names the object and its line. */
+static void test_tls_strings(void) {
+        static const struct {
+                const char *key, *value, *what;
+        } bad[] = {
+                { "tls_ciphers", "NO-SUCH-CIPHER", "OpenSSL cipher list" },
+                { "tls_ciphersuites", "TLS_NO_SUCH_SUITE", "list of TLS 1.3 cipher suites" },
+                { "tls_groups", "P-999", "list of key exchange groups" },
+                /* TLS 1.3 names are not TLS 1.2 ciphers and vice versa. */
+                { "tls_ciphers", "TLS_AES_128_GCM_SHA256", "OpenSSL cipher list" },
+                { "tls_ciphersuites", "ECDHE-RSA-AES128-GCM-SHA256", "list of TLS 1.3 cipher suites" },
+        };
+        char text[1024], what[256];
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                snprintf(text, sizeof(text),
+                         BASE_POLICY
+                         "\n"
+                         "listeners = ( { name = \"inbound\"; address = \"::\"; port = 25; default_policy = \"P\";\n"
+                         "  %s = \"%s\"; } );\n", bad[i].key, bad[i].value);
+                snprintf(what, sizeof(what), "listener 'inbound': %s \"%s\" is not a valid %s",
+                         bad[i].key, bad[i].value, bad[i].what);
+                expect_error_at(text, 3, what, what);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                const char *key = bad[i].key + strlen("tls_");
+
+                snprintf(text, sizeof(text), BASE "\n\ntls_client = {\n  %s = \"%s\"; };\n", key, bad[i].value);
+                snprintf(what, sizeof(what), "tls_client: %s \"%s\" is not a valid %s", key, bad[i].value, bad[i].what);
+                expect_error_at(text, 5, what, what);
+        }
+
+        /* Two bad strings in one object: both named. */
+        {
+                _cleanup_free_ char *path = NULL, *err = NULL;
+                Config *c = NULL;
+
+                path = write_conf(BASE "tls_client = { ciphers = \"NOPE\"; groups = \"NOPE\"; };\n");
+                is_int(config_load(path, &c, &err), -EINVAL, "two bad TLS strings: refused");
+                ok(err && strstr(err, ":3: tls_client: ciphers \"NOPE\"") && strstr(err, ":3: tls_client: groups \"NOPE\""),
+                   "two bad TLS strings: both reported");
+        }
+
+        /* Valid strings of each kind pass. */
+        config_unref(load_ok(BASE_POLICY LISTENER_HEAD
+                             "  tls_ciphers = \"ECDHE+AESGCM\"; tls_ciphersuites = \"TLS_AES_256_GCM_SHA384\";\n"
+                             "  tls_groups = \"X25519:P-384\"; } );\n"
+                             "tls_client = { ciphers = \"ECDHE+CHACHA20:ECDHE+AESGCM\"; groups = \"P-256\"; };\n",
+                             "valid cipher strings load"));
+}
+
+/* config_validate() repeats every check for configurations built in code. */
+static void test_tls_validate(void) {
+        _cleanup_free_ char *err = NULL;
+        Config *c = NULL;
+        char **certs;
+        int r;
+
+        r = config_new_default("/srv/gw", &c);
+        ok(r == 0 && c, "hand-built: default config");
+        if (!c)
+                return;
+
+        certs = calloc(3, sizeof(char *));
+        if (!certs)
+                abort();
+        certs[0] = strdup("..");
+        certs[1] = strdup("..");
+        c->listeners[0].certificates = certs;
+        free(c->listeners[0].tls_min_version);
+        c->listeners[0].tls_min_version = strdup("TLSv1");
+        c->listeners[0].client_ca = strdup("ca.pem");
+        c->destinations[0].ca_file = strdup("d.pem");
+        c->destinations[0].tls_min_version = strdup("SSLv3");
+        c->tls_client.certificate = strdup("a/b");
+        c->tls_client.ca_file = strdup("c.pem");
+        c->tls_client.min_version = strdup("TLSv1.4");
+        c->tls_alert_interval = 0;
+        c->tls_ticket_rotation = 0;
+
+        r = config_validate(c, &err);
+        is_int(r, -EINVAL, "hand-built: refused");
+        ok(err && strstr(err, "<built-in>: listener 'inbound': certificate \"..\" is not a valid certificate name"),
+           "hand-built: certificate name");
+        ok(err && strstr(err, "<built-in>: listener 'inbound': certificate \"..\" listed twice"),
+           "hand-built: duplicate certificate");
+        ok(err && strstr(err, "<built-in>: listener 'inbound': tls_min_version \"TLSv1\" is not one of"),
+           "hand-built: listener tls_min_version");
+        ok(err && strstr(err, "<built-in>: destination 'default': ca_file \"d.pem\" is not an absolute path"),
+           "hand-built: destination ca_file");
+        ok(err && strstr(err, "<built-in>: destination 'default': tls_min_version \"SSLv3\" is not one of"),
+           "hand-built: destination tls_min_version");
+        ok(err && strstr(err, "<built-in>: tls_client: certificate \"a/b\" is not a valid certificate name"),
+           "hand-built: tls_client certificate");
+        ok(err && strstr(err, "<built-in>: tls_client: ca_file \"c.pem\" is not an absolute path"),
+           "hand-built: tls_client ca_file");
+        ok(err && strstr(err, "<built-in>: tls_client: min_version \"TLSv1.4\" is not one of"),
+           "hand-built: tls_client min_version");
+        ok(err && strstr(err, "<built-in>: tls_alerts: interval 0us out of range 1m..7d"),
+           "hand-built: tls_alerts interval");
+        ok(err && strstr(err, "<built-in>: tls_ticket_rotation 0us out of range 1m..84h"),
+           "hand-built: tls_ticket_rotation");
+        config_unref(c);
+
+        /* client_ca is only checked once the version is fine; on its own: */
+        err = mfree(err);
+        r = config_new_default("/srv/gw", &c);
+        if (r < 0 || !c)
+                abort();
+        c->listeners[0].client_ca = strdup("ca.pem");
+        r = config_validate(c, &err);
+        ok(r == -EINVAL && err && strstr(err, "<built-in>: listener 'inbound': client_ca \"ca.pem\" is not an absolute path"),
+           "hand-built: listener client_ca");
+        config_unref(c);
+}
+
 static void remove_tmpdir(void) {
         DIR *d = opendir(tmpdir);
         struct dirent *de;
@@ -557,6 +881,10 @@ int main(void) {
         test_errors();
         test_files();
         test_lookups();
+        test_tls();
+        test_tls_errors();
+        test_tls_strings();
+        test_tls_validate();
 
         remove_tmpdir();
         return tap_done();

@@ -6,6 +6,12 @@
  * recipient statuses, the reply texts, the command sequence (pipelining,
  * RSET, HELO fallback) and that the peer received the spooled bytes plus
  * ".\r\n" exactly.
+ *
+ * STARTTLS: the scripted peer runs the server side of TLS with OpenSSL in
+ * the child (blocking I/O), with certificates from tests/data/make-test-pki.
+ * Every outbound TLS mode meets every peer behaviour (trusted, untrusted and
+ * wrong-name certificates, no STARTTLS, STARTTLS refused, a handshake that
+ * fails after the 220, no ESMTP), each a real session.
  */
 
 #include <arpa/inet.h>
@@ -25,16 +31,31 @@
 
 #include <systemd/sd-event.h>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+
 #include "smtp-client.h"
 #include "tap.h"
+#include "tls.h"
 #include "util/macro.h"
 
 #define PEER_RCPTS_MAX 8
 #define TEST_TIMEOUT_USEC (15 * USEC_PER_SEC)
 
 static char workdir[] = "/tmp/test-smtp-client.XXXXXX";
+/* The test PKI (make-test-pki output); empty when it could not be made. */
+static char pkidir[512];
 
 /* ---- scripted peer ---- */
+
+/* What the peer does after answering STARTTLS with 220. */
+typedef enum PeerTls {
+        PEER_TLS_HANDSHAKE,             /* a real TLS server */
+        PEER_TLS_CLOSE,                 /* hangs up */
+        PEER_TLS_GARBAGE,               /* answers the ClientHello with clear text */
+        PEER_TLS_INJECT,                /* "250" pipelined behind the 220 (CVE-2011-0411) */
+} PeerTls;
 
 typedef struct PeerScript {
         const char *greeting;           /* NULL: say nothing (timeout) */
@@ -45,10 +66,24 @@ typedef struct PeerScript {
         const char *data;
         const char *dot;                /* NULL: never answer (timeout) */
         unsigned connections;
+        const char *starttls;           /* reply to STARTTLS; NULL: 502 */
+        PeerTls tls;
+        const char *cert, *key;         /* in pkidir; the chain is cert_chain */
+        const char *cert_chain;         /* NULL: send the leaf only */
+        /* No TLS 1.3 session tickets: a client that closes without reading
+         * them makes the kernel answer with RST, which may discard a
+         * courtesy QUIT before it is read, so only then can one be checked. */
+        bool no_tickets;
 } PeerScript;
 
 static const char *EHLO_PIPE = "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n";
 static const char *EHLO_PLAIN = "250-peer.test\r\n250 8BITMIME\r\n";
+#define EHLO_STARTTLS_TEXT "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+#define EHLO_PIPE_TEXT "250-peer.test\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n"
+static const char *EHLO_STARTTLS = EHLO_STARTTLS_TEXT;
+
+/* Child only: the peer's TLS session once STARTTLS went through. */
+static SSL *peer_ssl;
 
 static int listen_any(uint16_t *ret_port) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -62,10 +97,19 @@ static int listen_any(uint16_t *ret_port) {
         return fd;
 }
 
+static ssize_t peer_read(int fd, void *p, size_t n) {
+        if (peer_ssl) {
+                size_t k = 0;
+                return SSL_read_ex(peer_ssl, p, n, &k) == 1 ? (ssize_t) k : 0;
+        }
+        return read(fd, p, n);
+}
+
 static void put(int fd, const char *s) {
         size_t n = strlen(s);
         while (n > 0) {
-                ssize_t k = write(fd, s, n);
+                size_t w = 0;
+                ssize_t k = peer_ssl ? (SSL_write_ex(peer_ssl, s, n, &w) == 1 ? (ssize_t) w : -1) : write(fd, s, n);
                 if (k <= 0)
                         _exit(0);
                 s += k;
@@ -91,8 +135,62 @@ static size_t count_lines(const char *p, size_t n) {
         return c;
 }
 
+static SSL_CTX *peer_tls_ctx(const PeerScript *s) {
+        char cert[600], key[600], chain[600];
+        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+        snprintf(cert, sizeof(cert), "%s/%s", pkidir, s->cert);
+        snprintf(key, sizeof(key), "%s/%s", pkidir, s->key);
+        if (!ctx || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+                _exit(3);
+        if (s->no_tickets)
+                (void) SSL_CTX_set_num_tickets(ctx, 0);
+        if (s->cert_chain) {
+                snprintf(chain, sizeof(chain), "%s/%s", pkidir, s->cert_chain);
+                FILE *f = fopen(chain, "re");
+                X509 *x = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+                if (f)
+                        fclose(f);
+                if (!x || SSL_CTX_add0_chain_cert(ctx, x) != 1)
+                        _exit(3);
+        }
+        return ctx;
+}
+
+/* STARTTLS answered with 220: do what the script says. Returns false when
+ * the session is over. */
+static bool peer_starttls(int fd, const PeerScript *s, SSL_CTX *ctx) {
+        char b[512];
+
+        switch (s->tls) {
+        case PEER_TLS_CLOSE:
+                return false;
+        case PEER_TLS_GARBAGE:
+                (void) read(fd, b, sizeof(b));          /* the ClientHello */
+                put(fd, "this is not TLS\r\n");
+                return false;
+        default:
+                break;
+        }
+
+        peer_ssl = SSL_new(ctx);
+        if (!peer_ssl || SSL_set_fd(peer_ssl, fd) != 1)
+                _exit(3);
+        if (SSL_accept(peer_ssl) != 1) {
+                append_file("cmds", "[tls] handshake failed\n", 23);
+                SSL_free(peer_ssl);
+                peer_ssl = NULL;
+                return false;
+        }
+        const char *sni = SSL_get_servername(peer_ssl, TLSEXT_NAMETYPE_host_name);
+        int m = snprintf(b, sizeof(b), "[sni] %s\n", sni ?: "(none)");
+        append_file("cmds", b, (size_t) m);
+        return true;
+}
+
 /* One session; returns when the client quits or hangs up. */
-static void peer_session(int fd, const PeerScript *s, unsigned *rcpt_i, unsigned *data_i) {
+static void peer_session(int fd, const PeerScript *s, SSL_CTX *ctx, unsigned *rcpt_i, unsigned *data_i) {
         static char buf[4 * 1024 * 1024];
         size_t len = 0;
         bool in_data = false;
@@ -111,7 +209,7 @@ static void peer_session(int fd, const PeerScript *s, unsigned *rcpt_i, unsigned
         }
 
         for (;;) {
-                ssize_t n = read(fd, buf + len, sizeof(buf) - len);
+                ssize_t n = peer_read(fd, buf + len, sizeof(buf) - len);
                 if (n <= 0)
                         return;
                 len += (size_t) n;
@@ -155,11 +253,32 @@ static void peer_session(int fd, const PeerScript *s, unsigned *rcpt_i, unsigned
                         memmove(buf, buf + ll, len - ll);
                         len -= ll;
                         /* Lines already waiting behind this one show pipelining. */
-                        int m = snprintf(rec, sizeof(rec), "%s [+%zu]\n", line, count_lines(buf, len));
+                        int m = snprintf(rec, sizeof(rec), "%s%s [+%zu]\n", peer_ssl ? "[tls] " : "", line,
+                                         count_lines(buf, len));
                         append_file("cmds", rec, (size_t) m);
 
                         if (strncasecmp(line, "EHLO", 4) == 0)
-                                put(fd, s->ehlo);
+                                /* RFC 3207 4.2: no STARTTLS offered inside TLS. */
+                                put(fd, peer_ssl ? EHLO_PIPE : s->ehlo);
+                        else if (strncasecmp(line, "STARTTLS", 8) == 0 && s->starttls && !peer_ssl) {
+                                if (s->tls == PEER_TLS_INJECT) {
+                                        /* Both in one segment, as an attacker in the path would. */
+                                        char both[256];
+                                        snprintf(both, sizeof(both), "%s250 2.0.0 injected\r\n", s->starttls);
+                                        put(fd, both);
+                                } else
+                                        put(fd, s->starttls);
+                                if (strncmp(s->starttls, "220", 3) != 0)
+                                        continue;
+                                /* RFC 3207 4: nothing may follow STARTTLS in the same batch. */
+                                if (len > 0)
+                                        append_file("cmds", "pipelined after STARTTLS\n", 25);
+                                if (s->tls == PEER_TLS_INJECT)
+                                        (void) read(fd, buf, sizeof(buf));
+                                if (s->tls == PEER_TLS_INJECT || !peer_starttls(fd, s, ctx))
+                                        return;
+                                len = 0;
+                        }
                         else if (strncasecmp(line, "HELO", 4) == 0)
                                 put(fd, s->helo ?: "250 peer.test\r\n");
                         else if (strncasecmp(line, "MAIL", 4) == 0) {
@@ -197,14 +316,22 @@ static pid_t peer_start(const PeerScript *s, uint16_t *ret_port) {
                 abort();
         if (pid == 0) {
                 unsigned rcpt_i = 0, data_i = 0;
+                SSL_CTX *ctx = s->starttls && s->cert ? peer_tls_ctx(s) : NULL;
+
                 alarm(20);
                 for (unsigned i = 0; i < MAX(s->connections, 1u); i++) {
                         int fd = accept(lfd, NULL, NULL);
                         if (fd < 0)
                                 _exit(1);
-                        peer_session(fd, s, &rcpt_i, &data_i);
+                        peer_session(fd, s, ctx, &rcpt_i, &data_i);
+                        if (peer_ssl) {
+                                (void) SSL_shutdown(peer_ssl);
+                                SSL_free(peer_ssl);
+                                peer_ssl = NULL;
+                        }
                         close(fd);
                 }
+                SSL_CTX_free(ctx);
                 _exit(0);
         }
         close(lfd);
@@ -620,6 +747,285 @@ static void test_pipelined_no_rcpt(void) {
         clean_workdir();
 }
 
+/* ---- STARTTLS ---- */
+
+static SSL_CTX *client_ctx;     /* trusts pkidir/ca.pem only */
+
+static bool pki_setup(void) {
+        const char *root = getenv("TLSGW_SOURCE_ROOT");
+        char cmd[1200], ca[600];
+        _cleanup_free_ char *error = NULL;
+
+        if (!root || !mkdtemp(strcpy(pkidir, "/tmp/test-smtp-client-pki.XXXXXX"))) {
+                pkidir[0] = '\0';
+                return false;
+        }
+        snprintf(cmd, sizeof(cmd), "'%s/tests/data/make-test-pki' '%s' >/dev/null 2>&1", root, pkidir);
+        if (system(cmd) != 0)
+                return false;
+        snprintf(ca, sizeof(ca), "%s/ca.pem", pkidir);
+        return tls_client_ctx_new(&(TlsSettings) {}, ca, NULL, &client_ctx, &error) >= 0;
+}
+
+static void pki_cleanup(void) {
+        char cmd[600];
+
+        SSL_CTX_free(client_ctx);
+        if (pkidir[0]) {
+                snprintf(cmd, sizeof(cmd), "rm -rf '%s'", pkidir);
+                (void) system(cmd);
+        }
+}
+
+static DeliveryJob *tls_job_new(const uint16_t *ports, size_t n_ports, TlsOutbound mode) {
+        DeliveryJob *j = job_new(ports, n_ports, 1);
+
+        /* The certificates name mx.test, not the domain: the name check
+         * must look at the host connected to. */
+        for (size_t i = 0; i < n_ports; i++) {
+                free(j->targets[i].host);
+                j->targets[i].host = strdup("mx.test");
+        }
+        j->tls_mode = mode;
+        if (mode != TLS_OUT_NONE && SSL_CTX_up_ref(client_ctx) == 1)
+                j->tls_ctx = client_ctx;
+        return j;
+}
+
+typedef struct TlsExpect {
+        bool delivered;
+        bool tls;                       /* the transaction ran inside TLS */
+        const char *failure;            /* job->tls_failure */
+} TlsExpect;
+
+#define DELIVERED_CLEAR { true, false, NULL }
+#define DELIVERED_TLS   { true, true, NULL }
+#define DEFERRED(why)   { false, false, why }
+
+static const char *STARTTLS_GO = "220 2.0.0 Ready to start TLS\r\n";
+static const char *STARTTLS_454 = "454 4.7.0 TLS not available due to temporary reason\r\n";
+
+/* Modes in TlsOutbound order: none, preferred, required, preferred-verify,
+ * required-verify. */
+static const struct {
+        const char *name;
+        PeerScript peer;
+        TlsExpect want[_TLS_OUT_MAX];
+} tls_rows[] = {
+        { "trusted certificate",
+          { .ehlo = EHLO_STARTTLS_TEXT, .starttls = NULL, .cert = "server-ec.pem", .key = "server-ec.key",
+            .cert_chain = "intermediate.pem" },
+          { DELIVERED_CLEAR, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS } },
+        { "untrusted certificate",
+          { .ehlo = EHLO_STARTTLS_TEXT, .cert = "untrusted.pem", .key = "untrusted.key" },
+          { DELIVERED_CLEAR, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS, DEFERRED(DELIVERY_TLS_UNTRUSTED) } },
+        { "wrong name",
+          { .ehlo = EHLO_STARTTLS_TEXT, .cert = "wrongname.pem", .key = "wrongname.key", .cert_chain = "intermediate.pem",
+            .no_tickets = true },
+          { DELIVERED_CLEAR, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS, DEFERRED(DELIVERY_TLS_NAME_MISMATCH) } },
+        { "no STARTTLS",
+          { .ehlo = EHLO_PIPE_TEXT },
+          { DELIVERED_CLEAR, DELIVERED_CLEAR, DEFERRED(DELIVERY_TLS_NOT_OFFERED), DELIVERED_CLEAR,
+            DEFERRED(DELIVERY_TLS_NOT_OFFERED) } },
+        { "STARTTLS 454",
+          { .ehlo = EHLO_STARTTLS_TEXT, .cert = "server-ec.pem", .key = "server-ec.key" },
+          { DELIVERED_CLEAR, DELIVERED_CLEAR, DEFERRED(DELIVERY_TLS_REFUSED), DELIVERED_CLEAR,
+            DEFERRED(DELIVERY_TLS_REFUSED) } },
+        { "peer closes after 220",
+          { .ehlo = EHLO_STARTTLS_TEXT, .tls = PEER_TLS_CLOSE },
+          { DELIVERED_CLEAR, DEFERRED(DELIVERY_TLS_HANDSHAKE), DEFERRED(DELIVERY_TLS_HANDSHAKE),
+            DEFERRED(DELIVERY_TLS_HANDSHAKE), DEFERRED(DELIVERY_TLS_HANDSHAKE) } },
+        { "garbage after 220",
+          { .ehlo = EHLO_STARTTLS_TEXT, .tls = PEER_TLS_GARBAGE },
+          { DELIVERED_CLEAR, DEFERRED(DELIVERY_TLS_HANDSHAKE), DEFERRED(DELIVERY_TLS_HANDSHAKE),
+            DEFERRED(DELIVERY_TLS_HANDSHAKE), DEFERRED(DELIVERY_TLS_HANDSHAKE) } },
+        { "no ESMTP",
+          { .ehlo = "500 5.5.1 command unrecognized\r\n" },
+          { DELIVERED_CLEAR, DELIVERED_CLEAR, DEFERRED(DELIVERY_TLS_NO_ESMTP), DELIVERED_CLEAR,
+            DEFERRED(DELIVERY_TLS_NO_ESMTP) } },
+};
+
+static void test_tls_row(size_t row, TlsOutbound mode) {
+        PeerScript s = tls_rows[row].peer;
+        const TlsExpect *want = tls_rows[row].want + mode;
+        const char *rc[] = { "r1@peer.test" };
+        char name[128];
+        uint16_t port;
+        size_t len;
+
+        snprintf(name, sizeof(name), "%s / %s", tls_rows[row].name, tls_outbound_to_string(mode));
+        s.greeting = "220 peer.test ESMTP\r\n";
+        s.dot = "250 2.0.0 Ok: queued\r\n";
+        s.connections = 1;
+        if (strstr(tls_rows[row].name, "454"))
+                s.starttls = STARTTLS_454;
+        else if (strstr(s.ehlo, "STARTTLS"))
+                s.starttls = STARTTLS_GO;
+
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = tls_job_new(&port, 1, mode);
+        message_set(j->messages, 100 + row * 10 + (size_t) mode, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "%s: loop ends", name);
+        peer_stop(pid);
+
+        DeliveryRcpt *r = j->messages[0].rcpts;
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        _cleanup_free_ char *data = read_file("data.0", &len);
+
+        if (want->delivered) {
+                is_int(r->status, DELIVERY_DELIVERED, "%s: delivered", name);
+                ok(!j->tls_failure && !j->tls_failure_details, "%s: policy met (%s)", name, j->tls_failure ?: "");
+                is_int(j->tls_used, want->tls, "%s: %s", name, want->tls ? "over TLS" : "in clear text");
+                _cleanup_free_ char *expect = NULL;
+                if (asprintf(&expect, "%s.\r\n", MSG1) < 0)
+                        abort();
+                ok(data && len == strlen(expect) && memcmp(data, expect, len) == 0,
+                   "%s: peer got the bytes exactly", name);
+                /* What the peer saw: the transaction inside TLS, EHLO sent
+                 * again after the handshake (RFC 3207 4.2), SNI mx.test. */
+                if (want->tls)
+                        ok(cmds && strstr(cmds, "[sni] mx.test\n") && strstr(cmds, "[tls] EHLO gw.test") &&
+                           strstr(cmds, "[tls] MAIL FROM:<s@src.test>") && strstr(cmds, "[tls] QUIT") &&
+                           !strstr(cmds, "pipelined after STARTTLS"),
+                           "%s: SNI, EHLO again, MAIL and QUIT inside TLS", name);
+                else
+                        ok(cmds && strstr(cmds, "MAIL FROM:<s@src.test>") && !strstr(cmds, "[tls]") &&
+                           (mode != TLS_OUT_NONE || !strstr(cmds, "STARTTLS")),
+                           "%s: clear-text transaction%s", name, mode == TLS_OUT_NONE ? ", no STARTTLS" : "");
+        } else {
+                is_int(r->status, DELIVERY_DEFERRED, "%s: deferred", name);
+                ok(j->tls_failure && streq(j->tls_failure, want->failure), "%s: tls_failure \"%s\"", name,
+                   j->tls_failure ?: "(null)");
+                ok(r->reply && strncmp(r->reply, "451 4.7.5 ", 10) == 0 && strstr(r->reply, want->failure) &&
+                   strstr(r->reply, "mx.test[127.0.0.1]"), "%s: reason \"%s\"", name, r->reply ?: "(null)");
+                /* Never a transaction, in clear text or otherwise. */
+                ok(!data && (!cmds || !strstr(cmds, "MAIL FROM")), "%s: no MAIL, no data", name);
+                if (streq(want->failure, DELIVERY_TLS_REFUSED))
+                        is_str(j->tls_failure_details, "454 4.7.0 TLS not available due to temporary reason",
+                               "%s: details are the reply", name);
+                else if (streq(want->failure, DELIVERY_TLS_HANDSHAKE) || streq(want->failure, DELIVERY_TLS_UNTRUSTED))
+                        ok(!isempty(j->tls_failure_details), "%s: details \"%s\"", name,
+                           j->tls_failure_details ?: "(null)");
+                else if (streq(want->failure, DELIVERY_TLS_NAME_MISMATCH))
+                        /* The session was up: QUIT went inside it. */
+                        ok(j->tls_used && cmds && strstr(cmds, "[tls] QUIT"), "%s: QUIT inside TLS", name);
+        }
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_tls_matrix(void) {
+        for (size_t row = 0; row < ELEMENTSOF(tls_rows); row++)
+                for (TlsOutbound mode = 0; mode < _TLS_OUT_MAX; mode++)
+                        test_tls_row(row, mode);
+}
+
+/* Clear text pipelined behind the 220 ends the target in every mode: it
+ * would be taken for the first reply inside TLS (CVE-2011-0411). */
+static void test_tls_injection(void) {
+        const TlsOutbound modes[] = { TLS_OUT_PREFERRED, TLS_OUT_REQUIRED };
+
+        for (size_t i = 0; i < ELEMENTSOF(modes); i++) {
+                PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_STARTTLS, .starttls = STARTTLS_GO,
+                                 .tls = PEER_TLS_INJECT, .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+                const char *rc[] = { "r1@peer.test" };
+                const char *mode = tls_outbound_to_string(modes[i]);
+                uint16_t port;
+                pid_t pid = peer_start(&s, &port);
+                DeliveryJob *j = tls_job_new(&port, 1, modes[i]);
+
+                message_set(j->messages, 200 + i, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+                is_int(run_job(j), 0, "injection / %s: loop ends", mode);
+                peer_stop(pid);
+                is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "injection / %s: deferred", mode);
+                ok(j->tls_failure && streq(j->tls_failure, DELIVERY_TLS_HANDSHAKE) && j->tls_failure_details &&
+                   strstr(j->tls_failure_details, "clear text"), "injection / %s: \"%s\"", mode,
+                   j->tls_failure_details ?: "(null)");
+                _cleanup_free_ char *cmds = read_file("cmds", NULL);
+                ok(cmds && !strstr(cmds, "MAIL"), "injection / %s: nothing sent after STARTTLS", mode);
+                delivery_job_free(j);
+                clean_workdir();
+        }
+}
+
+/* A 3 MB body through userspace TLS (64 KiB chunks, partial writes) with
+ * several messages on the session, and the first target failing
+ * required-verify before a good second one. */
+static void test_tls_body_and_targets(void) {
+        PeerScript bad = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_STARTTLS, .starttls = STARTTLS_GO,
+                           .cert = "untrusted.pem", .key = "untrusted.key", .connections = 1 };
+        PeerScript good = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_STARTTLS, .starttls = STARTTLS_GO,
+                            .cert = "server-ec.pem", .key = "server-ec.key", .cert_chain = "intermediate.pem",
+                            .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test", "r2@peer.test" };
+        size_t big_len = 3 * 1024 * 1024 + 5, len;
+        char *big = malloc(big_len);
+        uint16_t ports[2];
+
+        for (size_t i = 0; i < big_len; i++)
+                big[i] = (i % 80 == 78) ? '\r' : (i % 80 == 79) ? '\n' : (char) ('A' + i % 23);
+        pid_t pid1 = peer_start(&bad, &ports[0]);
+        pid_t pid2 = peer_start(&good, &ports[1]);
+        DeliveryJob *j = tls_job_new(ports, 2, TLS_OUT_REQUIRED_VERIFY);
+        j->messages = realloc(j->messages, 2 * sizeof(DeliveryMessage));
+        j->n_messages = 2;
+        message_set(j->messages + 0, 300, "s@src.test", big, big_len, rc, 2);
+        message_set(j->messages + 1, 301, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "TLS body: loop ends");
+        peer_stop(pid1);
+        peer_stop(pid2);
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "TLS body: message 1 delivered");
+        is_int(j->messages[0].rcpts[1].status, DELIVERY_DELIVERED, "TLS body: message 1 rcpt 2 delivered");
+        is_int(j->messages[1].rcpts[0].status, DELIVERY_DELIVERED, "TLS body: message 2 delivered");
+        ok(!j->tls_failure, "TLS body: the second target met the policy");
+        ok(j->tls_used && !j->ktls_tx && !j->sendfile_used,
+           "TLS body: userspace TLS here (no kTLS on this kernel), no sendfile");
+        _cleanup_free_ char *d0 = read_file("data.0", &len);
+        ok(d0 && len == big_len + 5 && memcmp(d0, big, big_len) == 0 && memcmp(d0 + big_len, "\r\n.\r\n", 5) == 0,
+           "TLS body: 3 MB arrived byte-exact through TLS");
+        _cleanup_free_ char *d1 = read_file("data.1", &len);
+        ok(d1 && len == strlen(MSG1) + 3 && memcmp(d1, MSG1, strlen(MSG1)) == 0,
+           "TLS body: second message on the same TLS session");
+        free(big);
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+/* An address as the target host: SNI and the name check use the domain. */
+static void test_tls_ip_host(void) {
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_STARTTLS, .starttls = STARTTLS_GO,
+                         .cert = "server-ec.pem", .key = "server-ec.key", .cert_chain = "intermediate.pem",
+                         .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = tls_job_new(&port, 1, TLS_OUT_REQUIRED_VERIFY);
+
+        free(j->targets[0].host);
+        j->targets[0].host = strdup("127.0.0.1");
+        free(j->domain);
+        j->domain = strdup("mail.example.test");
+        message_set(j->messages, 310, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        is_int(run_job(j), 0, "IP host: loop ends");
+        peer_stop(pid);
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "IP host: verified by the domain name");
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        ok(cmds && strstr(cmds, "[sni] mail.example.test\n"), "IP host: SNI is the domain");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+static void test_tls(void) {
+        if (!pki_setup()) {
+                tap_skip("STARTTLS", "cannot make the test PKI (TLSGW_SOURCE_ROOT unset or openssl missing)");
+                return;
+        }
+        test_tls_matrix();
+        test_tls_injection();
+        test_tls_body_and_targets();
+        test_tls_ip_host();
+}
+
 /* ---- smtp-sink ---- */
 
 static const char *SMTP_SINK = "/usr/sbin/smtp-sink";
@@ -751,6 +1157,8 @@ int main(void) {
         test_reuse_size_rset();
         test_pipelined_no_rcpt();
         test_smtp_sink();
+        test_tls();
+        pki_cleanup();
 
         clean_workdir();
         (void) rmdir(workdir);
