@@ -380,7 +380,8 @@ void log_delivery_start(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_
         entry_submit(&e);
 }
 
-void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids, const char *reply) {
+void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids, const char *reply,
+                       const char *via) {
         char r[256], t[LOG_UNTRUSTED_MAX];
         LogEntry e;
 
@@ -389,6 +390,8 @@ void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t
         entry_add(&e, "TLSGW_MID=%" PRIu64, mid);
         entry_add(&e, "TLSGW_RID=%s", format_rids(rids, n_rids, r, sizeof r));
         entry_add(&e, "TLSGW_REPLY=%s", untrusted(reply, t));
+        if (via)
+                entry_add(&e, "TLSGW_BODY_VIA=%s", via);
         entry_message(&e, "Message done DCID %" PRIu64 " MID %" PRIu64 " to RID %s [('%s')]", dcid, mid, r, t);
         entry_submit(&e);
 }

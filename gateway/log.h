@@ -79,8 +79,11 @@ void log_dcid_new(uint64_t dcid, const char *domain, const char *interface_addr,
                   const char *address, uint16_t port, const char *host);
 /* "Delivery start DCID 3 MID 7 to RID [0, 1]" */
 void log_delivery_start(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids);
-/* "Message done DCID 3 MID 7 to RID [0] [('250 2.0.0 Ok')]" */
-void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids, const char *reply);
+/* "Message done DCID 3 MID 7 to RID [0] [('250 2.0.0 Ok')]"; via (may be
+ * NULL): how the body was sent, "sendfile", "SSL_sendfile" (kTLS),
+ * "SSL_write", "maildir" (TLSGW_BODY_VIA). */
+void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids, const char *reply,
+                       const char *via);
 /* "Delayed: DCID 3 MID 7 to RID [0] - 4.0.0 ('451 try later')" ; dcid 0 = no connection */
 void log_delivery_delayed(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids, const char *reply);
 /* "Bounced: DCID 3 MID 7 to RID 0 - 5.1.1 ('550 no such user')" */

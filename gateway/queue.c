@@ -1220,7 +1220,7 @@ typedef enum JobOutcome {
  * as the mail log groups them. */
 static void queue_log_grouped(uint64_t dcid, uint64_t mid, size_t n, const JobOutcome *outcome,
                               const uint32_t *rid, char **reply, JobOutcome which,
-                              bool *logged, uint32_t *rids) {
+                              bool *logged, uint32_t *rids, const char *via) {
         for (size_t i = 0; i < n; i++) {
                 size_t k = 0;
 
@@ -1232,7 +1232,7 @@ static void queue_log_grouped(uint64_t dcid, uint64_t mid, size_t n, const JobOu
                                 rids[k++] = rid[j];
                         }
                 if (which == JOB_OUTCOME_DELIVERED)
-                        log_delivery_done(dcid, mid, rids, k, reply[i]);
+                        log_delivery_done(dcid, mid, rids, k, reply[i], via);
                 else
                         log_delivery_delayed(dcid, mid, rids, k, reply[i]);
         }
@@ -1240,7 +1240,7 @@ static void queue_log_grouped(uint64_t dcid, uint64_t mid, size_t n, const JobOu
 
 /* Applies the outcomes of one transaction of a job. */
 static void queue_message_done(Queue *q, Message **touched, uint64_t dcid, DeliveryMessage *dm,
-                               Message *m, uint64_t now) {
+                               Message *m, uint64_t now, const char *via) {
         _cleanup_free_ JobOutcome *outcome = NULL;
         _cleanup_free_ uint32_t *rid = NULL, *rids = NULL;
         _cleanup_free_ char **reply = NULL;
@@ -1304,8 +1304,8 @@ static void queue_message_done(Queue *q, Message **touched, uint64_t dcid, Deliv
 
         if (!can_log)
                 return;
-        queue_log_grouped(dcid, m->env.mid, n, outcome, rid, reply, JOB_OUTCOME_DELIVERED, logged, rids);
-        queue_log_grouped(dcid, m->env.mid, n, outcome, rid, reply, JOB_OUTCOME_DELAYED, logged, rids);
+        queue_log_grouped(dcid, m->env.mid, n, outcome, rid, reply, JOB_OUTCOME_DELIVERED, logged, rids, via);
+        queue_log_grouped(dcid, m->env.mid, n, outcome, rid, reply, JOB_OUTCOME_DELAYED, logged, rids, via);
 }
 
 void queue_job_done(Queue *q, DeliveryJob *job) {
@@ -1318,8 +1318,12 @@ void queue_job_done(Queue *q, DeliveryJob *job) {
         ctx->dest->n_active--;
         q->n_active--;
 
+        /* How the bodies went out, for the mail log. */
+        const char *via = job->maildir ? "maildir" :
+                          job->sendfile_used ? "SSL_sendfile" :
+                          job->tls_used ? "SSL_write" : "sendfile";
         for (size_t i = 0; i < job->n_messages; i++)
-                queue_message_done(q, &touched, job->dcid, &job->messages[i], ctx->messages[i], now);
+                queue_message_done(q, &touched, job->dcid, &job->messages[i], ctx->messages[i], now, via);
 
         queue_finish_round(q, touched, now);
 

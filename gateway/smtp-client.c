@@ -1073,9 +1073,15 @@ static int client_handle_starttls(Client *c, const SmtpReply *reply, const char 
                 return 0;
         }
 
-        /* "454-'4.7.0 TLS not available due to temporary reason'" */
+        /* "454-'TLS not available due to temporary reason'": the text
+         * without code and enhanced code, as the appliance logs it. */
+        size_t el = strlen(reply->enhanced);
         if (strlen(t) > 4)
                 t += 4;
+        if (el > 0 && strncmp(t, reply->enhanced, el) == 0)
+                t += el;
+        while (*t == ' ')
+                t++;
         details = reason_new("%03d-'%s'", reply->code, t);
         if (!details)
                 return -ENOMEM;
