@@ -392,7 +392,8 @@ void log_delivery_done(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t
         entry_add(&e, "TLSGW_REPLY=%s", untrusted(reply, t));
         if (via)
                 entry_add(&e, "TLSGW_BODY_VIA=%s", via);
-        entry_message(&e, "Message done DCID %" PRIu64 " MID %" PRIu64 " to RID %s [('%s')]", dcid, mid, r, t);
+        entry_message(&e, "Message done DCID %" PRIu64 " MID %" PRIu64 " to RID %s [('%s')]%s%s",
+                      dcid, mid, r, t, via ? " via " : "", via ?: "");
         entry_submit(&e);
 }
 
