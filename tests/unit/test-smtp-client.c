@@ -70,10 +70,6 @@ typedef struct PeerScript {
         PeerTls tls;
         const char *cert, *key;         /* in pkidir; the chain is cert_chain */
         const char *cert_chain;         /* NULL: send the leaf only */
-        /* No TLS 1.3 session tickets: a client that closes without reading
-         * them makes the kernel answer with RST, which may discard a
-         * courtesy QUIT before it is read, so only then can one be checked. */
-        bool no_tickets;
 } PeerScript;
 
 static const char *EHLO_PIPE = "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n";
@@ -144,8 +140,6 @@ static SSL_CTX *peer_tls_ctx(const PeerScript *s) {
         if (!ctx || SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM) != 1 ||
             SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
                 _exit(3);
-        if (s->no_tickets)
-                (void) SSL_CTX_set_num_tickets(ctx, 0);
         if (s->cert_chain) {
                 snprintf(chain, sizeof(chain), "%s/%s", pkidir, s->cert_chain);
                 FILE *f = fopen(chain, "re");
@@ -341,6 +335,17 @@ static pid_t peer_start(const PeerScript *s, uint16_t *ret_port) {
 static void peer_stop(pid_t pid) {
         (void) kill(pid, SIGTERM);
         (void) waitpid(pid, NULL, 0);
+}
+
+/* Lets the peer finish its sessions (a courtesy QUIT is not waited for by
+ * the client, so it may still be on its way), then stops it. */
+static void peer_wait(pid_t pid) {
+        for (int i = 0; i < 300; i++) {
+                if (waitpid(pid, NULL, WNOHANG) == pid)
+                        return;
+                usleep(10000);
+        }
+        peer_stop(pid);
 }
 
 static void clean_dir(const char *dir) {
@@ -820,8 +825,7 @@ static const struct {
           { .ehlo = EHLO_STARTTLS_TEXT, .cert = "untrusted.pem", .key = "untrusted.key" },
           { DELIVERED_CLEAR, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS, DEFERRED(DELIVERY_TLS_UNTRUSTED) } },
         { "wrong name",
-          { .ehlo = EHLO_STARTTLS_TEXT, .cert = "wrongname.pem", .key = "wrongname.key", .cert_chain = "intermediate.pem",
-            .no_tickets = true },
+          { .ehlo = EHLO_STARTTLS_TEXT, .cert = "wrongname.pem", .key = "wrongname.key", .cert_chain = "intermediate.pem" },
           { DELIVERED_CLEAR, DELIVERED_TLS, DELIVERED_TLS, DELIVERED_TLS, DEFERRED(DELIVERY_TLS_NAME_MISMATCH) } },
         { "no STARTTLS",
           { .ehlo = EHLO_PIPE_TEXT },
@@ -866,7 +870,7 @@ static void test_tls_row(size_t row, TlsOutbound mode) {
         DeliveryJob *j = tls_job_new(&port, 1, mode);
         message_set(j->messages, 100 + row * 10 + (size_t) mode, "s@src.test", MSG1, strlen(MSG1), rc, 1);
         is_int(run_job(j), 0, "%s: loop ends", name);
-        peer_stop(pid);
+        peer_wait(pid);
 
         DeliveryRcpt *r = j->messages[0].rcpts;
         _cleanup_free_ char *cmds = read_file("cmds", NULL);
@@ -936,7 +940,7 @@ static void test_tls_injection(void) {
 
                 message_set(j->messages, 200 + i, "s@src.test", MSG1, strlen(MSG1), rc, 1);
                 is_int(run_job(j), 0, "injection / %s: loop ends", mode);
-                peer_stop(pid);
+                peer_wait(pid);
                 is_int(j->messages[0].rcpts[0].status, DELIVERY_DEFERRED, "injection / %s: deferred", mode);
                 ok(j->tls_failure && streq(j->tls_failure, DELIVERY_TLS_HANDSHAKE) && j->tls_failure_details &&
                    strstr(j->tls_failure_details, "clear text"), "injection / %s: \"%s\"", mode,
@@ -972,8 +976,8 @@ static void test_tls_body_and_targets(void) {
         message_set(j->messages + 0, 300, "s@src.test", big, big_len, rc, 2);
         message_set(j->messages + 1, 301, "s@src.test", MSG1, strlen(MSG1), rc, 1);
         is_int(run_job(j), 0, "TLS body: loop ends");
-        peer_stop(pid1);
-        peer_stop(pid2);
+        peer_wait(pid1);
+        peer_wait(pid2);
         is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "TLS body: message 1 delivered");
         is_int(j->messages[0].rcpts[1].status, DELIVERY_DELIVERED, "TLS body: message 1 rcpt 2 delivered");
         is_int(j->messages[1].rcpts[0].status, DELIVERY_DELIVERED, "TLS body: message 2 delivered");
@@ -1007,10 +1011,50 @@ static void test_tls_ip_host(void) {
         j->domain = strdup("mail.example.test");
         message_set(j->messages, 310, "s@src.test", MSG1, strlen(MSG1), rc, 1);
         is_int(run_job(j), 0, "IP host: loop ends");
-        peer_stop(pid);
+        peer_wait(pid);
         is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "IP host: verified by the domain name");
         _cleanup_free_ char *cmds = read_file("cmds", NULL);
         ok(cmds && strstr(cmds, "[sni] mail.example.test\n"), "IP host: SNI is the domain");
+        delivery_job_free(j);
+        clean_workdir();
+}
+
+/* kTLS asked for: where the kernel takes the records, the body goes out
+ * with SSL_sendfile(); elsewhere OpenSSL stays in userspace silently and
+ * the body is written in chunks. The bytes must arrive exactly either way. */
+static void test_tls_ktls(void) {
+        PeerScript s = { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_STARTTLS, .starttls = STARTTLS_GO,
+                         .cert = "server-ec.pem", .key = "server-ec.key", .cert_chain = "intermediate.pem",
+                         .dot = "250 2.0.0 Ok\r\n", .connections = 1 };
+        const char *rc[] = { "r1@peer.test" };
+        _cleanup_free_ char *error = NULL;
+        SSL_CTX *ctx = NULL;
+        size_t body_len = 300 * 1024 + 3, len;
+        char *body = malloc(body_len), ca[600];
+        uint16_t port;
+
+        for (size_t i = 0; i < body_len; i++)
+                body[i] = (i % 64 == 62) ? '\r' : (i % 64 == 63) ? '\n' : (char) ('a' + i % 19);
+        snprintf(ca, sizeof(ca), "%s/ca.pem", pkidir);
+        if (tls_client_ctx_new(&(TlsSettings) { .ktls = true }, ca, NULL, &ctx, &error) < 0)
+                abort();
+        pid_t pid = peer_start(&s, &port);
+        DeliveryJob *j = tls_job_new(&port, 1, TLS_OUT_REQUIRED);
+        SSL_CTX_free(j->tls_ctx);
+        j->tls_ctx = ctx;
+        message_set(j->messages, 320, "s@src.test", body, body_len, rc, 1);
+        is_int(run_job(j), 0, "kTLS: loop ends");
+        peer_wait(pid);
+        is_int(j->messages[0].rcpts[0].status, DELIVERY_DELIVERED, "kTLS: delivered");
+        _cleanup_free_ char *data = read_file("data.0", &len);
+        ok(data && len == body_len + 5 && memcmp(data, body, body_len) == 0, "kTLS: body byte-exact");
+        if (j->ktls_tx)
+                ok(j->sendfile_used, "kTLS: body sent with SSL_sendfile");
+        else {
+                ok(!j->sendfile_used, "kTLS: userspace TLS, no sendfile");
+                tap_skip("kTLS: SSL_sendfile path", "the kernel offers no kTLS (tls ULP) here");
+        }
+        free(body);
         delivery_job_free(j);
         clean_workdir();
 }
@@ -1024,6 +1068,7 @@ static void test_tls(void) {
         test_tls_injection();
         test_tls_body_and_targets();
         test_tls_ip_host();
+        test_tls_ktls();
 }
 
 /* ---- smtp-sink ---- */
