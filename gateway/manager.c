@@ -651,49 +651,171 @@ int manager_run(Manager *m) {
         return sd_event_loop(m->event);
 }
 
-/* Reconciles listeners with a new config: by name, rebinding where the
- * address or port changed; sockets from systemd are kept as they are. */
-static int manager_apply_listeners(Manager *m, Config *c) {
+/* ---- applying a configuration ---- */
+
+typedef struct ListenerPlan {
+        const ListenerConfig *lc;
+        Listener *keep;                 /* an existing listener that stays */
+        Listener *fresh;                /* bound for the new configuration */
+        bool late;                      /* its address is held by a listener that goes */
+} ListenerPlan;
+
+struct ConfigPlan {
+        Config *config;
+        TlsContexts *tls;
+        ListenerPlan *listeners;
+        size_t n_listeners;
+};
+
+void manager_plan_free(ConfigPlan *p) {
+        if (!p)
+                return;
+        for (size_t i = 0; i < p->n_listeners; i++)
+                listener_free(p->listeners[i].fresh);
+        free(p->listeners);
+        tls_contexts_free(p->tls);
+        config_unref(p->config);
+        free(p);
+}
+
+static bool listener_port_held(Manager *m, const ListenerConfig *lc) {
+        for (Listener *l = m->listeners; l; l = l->next)
+                if (l->port == lc->port)
+                        return true;
+        return false;
+}
+
+int manager_plan_config(Manager *m, Config *c, ConfigPlan **ret, char **ret_error) {
+        ConfigPlan *p;
         int r;
 
+        p = calloc(1, sizeof *p);
+        if (!p)
+                return -ENOMEM;
+        p->config = config_ref(c);
+
+        /* Certificates are read now: a missing or broken one refuses the
+         * whole configuration. */
+        r = tls_contexts_build(c, m->certstore, &p->tls, ret_error);
+        if (r < 0)
+                goto fail;
+
+        p->listeners = calloc(MAX(c->n_listeners, (size_t) 1), sizeof *p->listeners);
+        if (!p->listeners) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        p->n_listeners = c->n_listeners;
         for (size_t i = 0; i < c->n_listeners; i++) {
                 const ListenerConfig *lc = &c->listeners[i];
                 Listener *l = manager_find_listener(m, lc->name);
+                ListenerPlan *lp = &p->listeners[i];
 
+                lp->lc = lc;
                 if (l && (l->from_systemd || (streq(l->address, lc->address) && l->port == lc->port))) {
-                        l->config = lc;
+                        lp->keep = l;
                         continue;
                 }
-                if (l) {
-                        /* Rebind: take the old one out first so the new
-                         * address may be the same port on another address. */
-                        Listener **p = &m->listeners;
-                        while (*p != l)
-                                p = &(*p)->next;
-                        *p = l->next;
-                        listener_free(l);
+                /* Bound before anything changes; no accept can run before
+                 * the swap since we do not return to the loop in between. */
+                r = listener_new(m, lc, -EBADF, &lp->fresh);
+                if (r == -EADDRINUSE && listener_port_held(m, lc)) {
+                        /* e.g. 0.0.0.0:25 -> 192.0.2.1:25: only after the old one closes. */
+                        lp->late = true;
+                        continue;
                 }
-                r = listener_new(m, lc, -EBADF, &l);
-                if (r < 0)
-                        return log_error_errno(r, "Listener %s: cannot listen on %s port %u: %m",
-                                               lc->name, lc->address, lc->port);
-                l->config = lc;
+                if (r < 0) {
+                        if (ret_error && asprintf(ret_error, "listener '%s': cannot listen on %s port %u: %s",
+                                                  lc->name, lc->address, lc->port, strerror(-r)) < 0)
+                                *ret_error = NULL;
+                        goto fail;
+                }
+        }
+        *ret = p;
+        return 0;
+fail:
+        manager_plan_free(p);
+        return r;
+}
+
+void manager_plan_apply(Manager *m, ConfigPlan *p) {
+        Listener *list = NULL;
+
+        /* Listeners that stay or are new, in configuration order. */
+        for (size_t i = p->n_listeners; i > 0; i--) {
+                ListenerPlan *lp = &p->listeners[i - 1];
+                Listener *l = lp->keep ?: lp->fresh;
+
+                if (!l)
+                        continue;
+                if (lp->keep) {
+                        Listener **q = &m->listeners;
+                        while (*q && *q != l)
+                                q = &(*q)->next;
+                        if (*q)
+                                *q = l->next;
+                }
+                l->config = lp->lc;
+                l->next = list;
+                list = l;
+                lp->fresh = NULL;
+        }
+        /* What is left was removed or rebound. */
+        while (m->listeners) {
+                Listener *l = m->listeners;
+                m->listeners = l->next;
+                if (!config_find_listener(p->config, l->name))
+                        log_info("Listener %s removed by configuration.", l->name);
+                listener_free(l);
+        }
+        m->listeners = list;
+        for (size_t i = 0; i < p->n_listeners; i++) {
+                ListenerPlan *lp = &p->listeners[i];
+                Listener *l;
+                int r;
+
+                if (!lp->late)
+                        continue;
+                r = listener_new(m, lp->lc, -EBADF, &l);
+                if (r < 0) {
+                        log_error_errno(r, "Listener %s: cannot listen on %s port %u: %m",
+                                        lp->lc->name, lp->lc->address, lp->lc->port);
+                        continue;
+                }
                 l->next = m->listeners;
                 m->listeners = l;
         }
+        queue_set_config(m->queue, p->config);
+        config_unref(m->config);
+        m->config = TAKE_PTR(p->config);
+        tls_contexts_free(m->tls);
+        m->tls = TAKE_PTR(p->tls);
+        tls_set_ticket_rotation(m->config->tls_ticket_rotation);
+        manager_warn_demo(m, m->config, m->tls);
+        manager_plan_free(p);
+}
 
-        for (Listener **p = &m->listeners; *p; ) {
-                Listener *l = *p;
-                const ListenerConfig *lc = config_find_listener(c, l->name);
-                if (lc) {
-                        l->config = lc;
-                        p = &l->next;
-                        continue;
-                }
-                log_info("Listener %s removed by configuration.", l->name);
-                *p = l->next;
-                listener_free(l);
-        }
+int manager_apply_config(Manager *m, Config *c, char **ret_error) {
+        ConfigPlan *p;
+        int r;
+
+        r = manager_plan_config(m, c, &p, ret_error);
+        if (r < 0)
+                return r;
+        manager_plan_apply(m, p);
+        return 0;
+}
+
+int manager_refresh_tls(Manager *m, char **ret_error) {
+        TlsContexts *tls;
+        int r;
+
+        r = tls_contexts_build(m->config, m->certstore, &tls, ret_error);
+        if (r < 0)
+                return r;
+        tls_contexts_free(m->tls);
+        m->tls = tls;
+        manager_warn_demo(m, m->config, m->tls);
         return 0;
 }
 
@@ -721,36 +843,14 @@ int manager_reload(Manager *m) {
 
         /* Certificates are re-read too: a replaced certificate takes effect
          * for new handshakes, established sessions keep their context. */
-        TlsContexts *tls = NULL;
-        _cleanup_free_ char *tls_error = NULL;
-        r = tls_contexts_build(c, m->certstore, &tls, &tls_error);
-        if (r < 0) {
-                log_error_errno(r, "Reload refused: %s; the running configuration stays.", tls_error ?: "TLS setup failed");
-                config_unref(c);
-                (void) sd_notify(false, "READY=1");
-                return r;
-        }
-
-        r = manager_apply_listeners(m, c);
-        if (r < 0) {
-                tls_contexts_free(tls);
-                /* Listeners that could not be bound are reported; the ones
-                 * that exist keep pointing at a valid config. */
-                (void) manager_apply_listeners(m, m->config);
-                config_unref(c);
-                (void) sd_notify(false, "READY=1");
-                return r;
-        }
-        queue_set_config(m->queue, c);
-        config_unref(m->config);
-        m->config = c;
-        tls_contexts_free(m->tls);
-        m->tls = tls;
-        tls_set_ticket_rotation(c->tls_ticket_rotation);
-        manager_warn_demo(m, c, tls);
-        log_info("Configuration %s reloaded.", m->config_path);
+        r = manager_apply_config(m, c, &error);
+        config_unref(c);
+        if (r < 0)
+                log_error_errno(r, "Reload refused: %s; the running configuration stays.", error ?: "cannot apply it");
+        else
+                log_info("Configuration %s reloaded.", m->config_path);
         (void) sd_notify(false, "READY=1");
-        return 0;
+        return r;
 }
 
 static int on_shutdown_timeout(sd_event_source *s, uint64_t usec, void *userdata) {

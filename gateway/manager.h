@@ -76,6 +76,20 @@ int manager_load_config(Manager *m, const char *path);
 int manager_start(Manager *m);
 int manager_run(Manager *m);
 
+/* Applying a validated configuration live, all or nothing. Planning builds
+ * every TLS context and binds every new listening socket and changes
+ * nothing else; applying swaps the plan in (it cannot fail: a listener
+ * whose address was held by one that goes is bound after it closed, and
+ * only that is logged if it fails). Sessions keep the configuration and
+ * TLS context they started with. */
+typedef struct ConfigPlan ConfigPlan;
+int manager_plan_config(Manager *m, Config *c, ConfigPlan **ret, char **ret_error);
+void manager_plan_apply(Manager *m, ConfigPlan *p);     /* consumes p */
+void manager_plan_free(ConfigPlan *p);
+int manager_apply_config(Manager *m, Config *c, char **ret_error);
+/* Certificates changed in the store: new handshakes use them at once. */
+int manager_refresh_tls(Manager *m, char **ret_error);
+
 /* SIGHUP: re-read, validate, apply; a bad file keeps the running config. */
 int manager_reload(Manager *m);
 /* SIGTERM: stop accepting, drain sessions within shutdown_timeout. */
