@@ -12,11 +12,19 @@
  * as one "FILE:LINE: <object> '<name>': <problem>" line, so an operator
  * fixes a broken file in one round.
  *
+ * The ConfigDocument at the end is the same file as an editable libconfig
+ * tree for the control plane: every edit is made on a copy, validated by
+ * rendering and loading it, and kept only if it loads. The one secret of
+ * the file (an LDAP bind password) can be rendered redacted or encrypted
+ * with a password (AES-256-GCM, PBKDF2-SHA256).
+ *
  * This module does not log, open sockets, resolve names or touch the state
  * directory, CA files or the certificate store; it only describes (TLS
- * cipher strings are checked by tls.c without building anything). Functions return negative errno: -EINVAL
- * for a configuration with problems (text in *ret_error), -ENOMEM, or the
- * errno of reading the file.
+ * cipher strings are checked by tls.c without building anything), and it
+ * writes no files. Functions return negative errno: -EINVAL for a
+ * configuration with problems (text in *ret_error), -ENOMEM, or the errno
+ * of reading the file; documents add -EEXIST, -ENOENT, -EBUSY and
+ * -EKEYREJECTED (see config.h).
  */
 
 #include <ctype.h>
@@ -33,8 +41,12 @@
 #include <unistd.h>
 
 #include <libconfig.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "build-config.h"
+#include "certstore.h"
 #include "config.h"
 #include "tls.h"
 #include "util/macro.h"
@@ -127,6 +139,20 @@
 #define BUILTIN_POLICY_RELAYED "RELAYED"
 #define BUILTIN_SENDER_GROUP "RELAYLIST"
 #define BUILTIN_MAILDIR_SUBDIR "mail"
+
+/* groupadd(8) refuses group names longer than 32 characters
+ * (GROUP_NAME_MAX_LENGTH); the portable name set is [a-z_][a-z0-9_-]*. */
+#define ADMIN_GROUP_NAME_MAX 32U
+/* RFC 4516 2: an LDAP URL is "ldap://" hostport; RFC 4516 leaves
+ * "ldaps://" to common practice (LDAP over TLS, port 636). Profiles name
+ * the server only: base, scope and filter are separate keys. */
+#define LDAP_SCHEME "ldap://"
+#define LDAPS_SCHEME "ldaps://"
+#define LDAP_PORT_DEFAULT 389                   /* RFC 4511 5 (IANA) */
+#define LDAPS_PORT_DEFAULT 636
+/* Marks a secret that config_document_to_text() encrypted; a file with
+ * such a value must be imported with its password, never loaded as is. */
+#define SECRET_ENCRYPTED_PREFIX "enc:v1:"
 
 #define LOCALHOST "localhost"
 #define BUILTIN_SOURCE "<built-in>"
@@ -1290,6 +1316,87 @@ static void parse_tls_alerts(Diag *d, const config_setting_t *g, Config *c) {
         }
 }
 
+static void parse_https(Diag *d, const config_setting_t *g, size_t index, HttpsConfig *h) {
+        Obj o;
+        int n;
+
+        obj_init(&o, "https interface", group_name(g, "name"), index);
+        *h = (HttpsConfig) {
+                .line = config_setting_source_line(g),
+        };
+
+        n = config_setting_length(g);
+        for (int i = 0; i < n; i++) {
+                config_setting_t *m = config_setting_get_elem(g, (unsigned) i);
+                const char *key = config_setting_name(m);
+
+                if (streq(key, "name"))
+                        (void) get_string(d, m, &o, key, &h->name);
+                else if (streq(key, "address"))
+                        (void) get_string(d, m, &o, key, &h->address);
+                else if (streq(key, "port"))
+                        (void) get_port(d, m, &o, key, &h->port);
+                else if (streq(key, "hostname"))
+                        (void) get_string(d, m, &o, key, &h->hostname);
+                else if (streq(key, "certificate"))
+                        (void) get_certificate_name(d, m, &o, key, &h->certificate);
+                else
+                        unknown_key(d, m, &o);
+        }
+
+        if (!config_setting_get_member(g, "name"))
+                missing_key(d, g, &o, "name");
+        if (!config_setting_get_member(g, "address"))
+                missing_key(d, g, &o, "address");
+        if (!config_setting_get_member(g, "port"))
+                missing_key(d, g, &o, "port");
+}
+
+static void parse_ldap(Diag *d, const config_setting_t *g, size_t index, LdapConfig *l) {
+        Obj o;
+        int n;
+
+        obj_init(&o, "ldap profile", group_name(g, "name"), index);
+        *l = (LdapConfig) {
+                .line = config_setting_source_line(g),
+        };
+
+        n = config_setting_length(g);
+        for (int i = 0; i < n; i++) {
+                config_setting_t *m = config_setting_get_elem(g, (unsigned) i);
+                const char *key = config_setting_name(m);
+
+                if (streq(key, "name"))
+                        (void) get_string(d, m, &o, key, &l->name);
+                else if (streq(key, "uri"))
+                        (void) get_string(d, m, &o, key, &l->uri);
+                else if (streq(key, "base"))
+                        (void) get_string(d, m, &o, key, &l->base);
+                else if (streq(key, "bind_dn"))
+                        (void) get_string(d, m, &o, key, &l->bind_dn);
+                else if (streq(key, "bind_password")) {
+                        /* The value is never quoted in a message: it is
+                         * the one secret of the file. */
+                        if (get_string(d, m, &o, key, &l->bind_password) >= 0 &&
+                            strncmp(l->bind_password, SECRET_ENCRYPTED_PREFIX, strlen(SECRET_ENCRYPTED_PREFIX)) == 0)
+                                setting_error(d, m, &o, "bind_password is encrypted; import the configuration "
+                                              "with its password to use it");
+                } else if (streq(key, "ca_file"))
+                        (void) get_path(d, m, &o, key, &l->ca_file);
+                else if (streq(key, "certificate"))
+                        (void) get_certificate_name(d, m, &o, key, &l->certificate);
+                else
+                        unknown_key(d, m, &o);
+        }
+
+        if (!config_setting_get_member(g, "name"))
+                missing_key(d, g, &o, "name");
+        if (!config_setting_get_member(g, "uri"))
+                missing_key(d, g, &o, "uri");
+        if (!config_setting_get_member(g, "base"))
+                missing_key(d, g, &o, "base");
+}
+
 static bool dns_server_is_valid(const char *s) {
         _cleanup_free_ char *host = NULL;
         struct sockaddr_storage ss;
@@ -1324,6 +1431,33 @@ static bool state_dir_check(Diag *d, const char *file, unsigned line, const char
                 return true;
         diag_add(d, file, line, NULL, "state_directory \"%s\" is not an absolute path",
                  p ? log_escape(p, strlen(p), esc, sizeof(esc)) : "");
+        return false;
+}
+
+/* A group name as groupadd(8) takes it by default: [a-z_][a-z0-9_-]*. */
+static bool admin_group_is_valid(const char *s) {
+        size_t l;
+
+        if (isempty(s))
+                return false;
+        l = strlen(s);
+        if (l > ADMIN_GROUP_NAME_MAX)
+                return false;
+        if (!((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+                return false;
+        for (size_t i = 1; i < l; i++)
+                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+                        return false;
+        return true;
+}
+
+static bool admin_group_check(Diag *d, const char *file, unsigned line, const char *g) {
+        char esc[64];
+
+        if (!g || admin_group_is_valid(g))
+                return true;
+        diag_add(d, file, line, NULL, "admin_group \"%s\" is not a valid group name ([a-z_][a-z0-9_-]*, at most %u characters)",
+                 log_escape(g, strlen(g), esc, sizeof(esc)), ADMIN_GROUP_NAME_MAX);
         return false;
 }
 
@@ -1413,6 +1547,31 @@ static void parse_root(Diag *d, const config_setting_t *root, Config *c) {
                         c->n_routes = (size_t) k;
                         for (int j = 0; j < k; j++)
                                 parse_route(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->routes[j]);
+                } else if (streq(key, "https_interfaces")) {
+                        if ((k = check_group_list(d, m, key)) < 0 || c->https)
+                                continue;
+                        c->https = calloc(MAX(k, 1), sizeof(HttpsConfig));
+                        if (!c->https) {
+                                d->oom = true;
+                                return;
+                        }
+                        c->n_https = (size_t) k;
+                        for (int j = 0; j < k; j++)
+                                parse_https(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->https[j]);
+                } else if (streq(key, "ldap_profiles")) {
+                        if ((k = check_group_list(d, m, key)) < 0 || c->ldap)
+                                continue;
+                        c->ldap = calloc(MAX(k, 1), sizeof(LdapConfig));
+                        if (!c->ldap) {
+                                d->oom = true;
+                                return;
+                        }
+                        c->n_ldap = (size_t) k;
+                        for (int j = 0; j < k; j++)
+                                parse_ldap(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->ldap[j]);
+                } else if (streq(key, "admin_group")) {
+                        if (get_string(d, m, NULL, key, &c->admin_group) >= 0)
+                                (void) admin_group_check(d, setting_file(d, m), config_setting_source_line(m), c->admin_group);
                 } else if (streq(key, "destinations")) {
                         DestinationConfig tmpl;
                         int def = -1;
@@ -1622,6 +1781,19 @@ static void route_config_done(RouteConfig *r) {
         free(r->directory);
 }
 
+static void ldap_config_done(LdapConfig *l) {
+        free(l->name);
+        free(l->uri);
+        free(l->base);
+        free(l->bind_dn);
+        /* The secret does not linger in freed memory. */
+        if (l->bind_password)
+                explicit_bzero(l->bind_password, strlen(l->bind_password));
+        free(l->bind_password);
+        free(l->ca_file);
+        free(l->certificate);
+}
+
 static Config *config_free(Config *c) {
         if (!c)
                 return NULL;
@@ -1648,6 +1820,17 @@ static Config *config_free(Config *c) {
         }
         free(c->destinations);
         tls_client_config_done(&c->tls_client);
+        for (size_t i = 0; i < c->n_https; i++) {
+                free(c->https[i].name);
+                free(c->https[i].address);
+                free(c->https[i].hostname);
+                free(c->https[i].certificate);
+        }
+        free(c->https);
+        for (size_t i = 0; i < c->n_ldap; i++)
+                ldap_config_done(&c->ldap[i]);
+        free(c->ldap);
+        free(c->admin_group);
 
         free(c->path);
         free(c->hostname);
@@ -2061,6 +2244,144 @@ static void validate_routes(Diag *d, Config *c) {
         }
 }
 
+/* Two numeric addresses with ports name the same socket ("::1" and
+ * "0:0::1" do). */
+static bool same_socket(const char *a, uint16_t ap, const char *b, uint16_t bp) {
+        struct sockaddr_storage sa, sb;
+        socklen_t la, lb;
+        char ta[INET6_ADDRSTRLEN], tb[INET6_ADDRSTRLEN];
+
+        if (!a || !b || ap != bp)
+                return false;
+        if (sockaddr_parse(a, ap, &sa, &la) < 0 || sockaddr_parse(b, bp, &sb, &lb) < 0)
+                return false;
+        if (sa.ss_family != sb.ss_family)
+                return false;
+        if (!sockaddr_to_string((struct sockaddr *) &sa, ta, sizeof(ta)) ||
+            !sockaddr_to_string((struct sockaddr *) &sb, tb, sizeof(tb)))
+                return false;
+        return streq(ta, tb);
+}
+
+static void validate_https(Diag *d, Config *c) {
+        Obj o;
+
+        for (size_t i = 0; i < c->n_https; i++) {
+                HttpsConfig *h = &c->https[i];
+                struct sockaddr_storage ss;
+                socklen_t sl;
+                char esc[64];
+
+                obj_init(&o, "https interface", h->name, i + 1);
+                name_check(d, &o, h->line, h->name);
+                for (size_t j = 0; h->name && j < i; j++)
+                        if (c->https[j].name && streq(c->https[j].name, h->name)) {
+                                diag_add(d, NULL, h->line, &o, "duplicate name, first defined on line %u",
+                                         c->https[j].line);
+                                break;
+                        }
+
+                if (!h->address || sockaddr_parse(h->address, h->port, &ss, &sl) < 0)
+                        diag_add(d, NULL, h->line, &o, "address \"%s\" is not a numeric IPv4 or IPv6 address",
+                                 h->address ? log_escape(h->address, strlen(h->address), esc, sizeof(esc)) : "");
+                else if (h->port == 0)
+                        diag_add(d, NULL, h->line, &o, "port 0 out of range 1..65535");
+                else {
+                        bool found = false;
+
+                        /* The HTTPS server and the SMTP listeners bind in
+                         * the same process: one socket cannot be both. */
+                        for (size_t j = 0; j < c->n_listeners && !found; j++)
+                                if (same_socket(h->address, h->port, c->listeners[j].address, c->listeners[j].port)) {
+                                        diag_add(d, NULL, h->line, &o, "%s port %u already used by listener '%s' (line %u)",
+                                                 h->address, h->port, c->listeners[j].name ?: "?", c->listeners[j].line);
+                                        found = true;
+                                }
+                        for (size_t j = 0; j < i && !found; j++)
+                                if (same_socket(h->address, h->port, c->https[j].address, c->https[j].port)) {
+                                        diag_add(d, NULL, h->line, &o, "%s port %u already used by https interface '%s' (line %u)",
+                                                 h->address, h->port, c->https[j].name ?: "?", c->https[j].line);
+                                        found = true;
+                                }
+                }
+
+                if (!h->hostname) {
+                        h->hostname = strdup(c->hostname);
+                        if (!h->hostname) {
+                                d->oom = true;
+                                return;
+                        }
+                }
+                ascii_strlower(h->hostname);
+                if (!config_domain_is_valid(h->hostname))
+                        diag_add(d, NULL, h->line, &o, "hostname \"%s\" is not a valid domain name",
+                                 log_escape(h->hostname, strlen(h->hostname), esc, sizeof(esc)));
+                if (h->certificate && !certificate_name_is_valid(h->certificate))
+                        certificate_name_error(d, NULL, h->line, &o, h->certificate);
+        }
+}
+
+/* "ldap://HOST[:PORT]" or "ldaps://HOST[:PORT]" (RFC 4516 2, schemes
+ * compared case-insensitively per RFC 3986 3.1); HOST a name, an IPv4
+ * literal or a bracketed IPv6 literal. Nothing may follow. */
+static bool ldap_uri_is_valid(const char *s) {
+        _cleanup_free_ char *host = NULL;
+        const char *rest;
+        uint16_t port;
+
+        if (!s)
+                return false;
+        if (strncasecmp(s, LDAP_SCHEME, strlen(LDAP_SCHEME)) == 0)
+                rest = s + strlen(LDAP_SCHEME);
+        else if (strncasecmp(s, LDAPS_SCHEME, strlen(LDAPS_SCHEME)) == 0)
+                rest = s + strlen(LDAPS_SCHEME);
+        else
+                return false;
+        if (isempty(rest) || strpbrk(rest, "/?#@"))
+                return false;
+        return hostport_parse(rest, rest == s + strlen(LDAP_SCHEME) ? LDAP_PORT_DEFAULT : LDAPS_PORT_DEFAULT,
+                              &host, &port) >= 0;
+}
+
+/* A distinguished name (RFC 4514 3): at least one "attribute=value". The
+ * directory checks the rest when the profile is used. */
+static bool dn_is_valid(const char *s) {
+        return !isempty(s) && strchr(s, '=') && s[0] != '=' && strlen(s) < PATH_MAX;
+}
+
+static void validate_ldap(Diag *d, Config *c) {
+        Obj o;
+
+        for (size_t i = 0; i < c->n_ldap; i++) {
+                LdapConfig *l = &c->ldap[i];
+                char esc[128];
+
+                obj_init(&o, "ldap profile", l->name, i + 1);
+                name_check(d, &o, l->line, l->name);
+                for (size_t j = 0; l->name && j < i; j++)
+                        if (c->ldap[j].name && streq(c->ldap[j].name, l->name)) {
+                                diag_add(d, NULL, l->line, &o, "duplicate name, first defined on line %u",
+                                         c->ldap[j].line);
+                                break;
+                        }
+                if (!ldap_uri_is_valid(l->uri))
+                        diag_add(d, NULL, l->line, &o, "uri \"%s\" is not ldap://HOST[:PORT] or ldaps://HOST[:PORT]",
+                                 l->uri ? log_escape(l->uri, strlen(l->uri), esc, sizeof(esc)) : "");
+                if (!dn_is_valid(l->base))
+                        diag_add(d, NULL, l->line, &o, "base \"%s\" is not a distinguished name (e.g. \"dc=example,dc=com\")",
+                                 l->base ? log_escape(l->base, strlen(l->base), esc, sizeof(esc)) : "");
+                if (l->bind_dn && !dn_is_valid(l->bind_dn))
+                        diag_add(d, NULL, l->line, &o, "bind_dn \"%s\" is not a distinguished name",
+                                 log_escape(l->bind_dn, strlen(l->bind_dn), esc, sizeof(esc)));
+                if (l->bind_password && !l->bind_dn)
+                        diag_add(d, NULL, l->line, &o, "bind_password needs bind_dn");
+                if (l->ca_file && !path_is_absolute_ok(l->ca_file))
+                        path_error(d, NULL, l->line, &o, "ca_file", l->ca_file);
+                if (l->certificate && !certificate_name_is_valid(l->certificate))
+                        certificate_name_error(d, NULL, l->line, &o, l->certificate);
+        }
+}
+
 static void validate_destinations(Diag *d, Config *c) {
         size_t def = SIZE_MAX;
         Obj o;
@@ -2148,6 +2469,9 @@ int config_validate(Config *c, char **ret_error) {
         validate_sender_groups(&d, c);
         validate_routes(&d, c);
         validate_destinations(&d, c);
+        validate_https(&d, c);
+        validate_ldap(&d, c);
+        (void) admin_group_check(&d, NULL, 0, c->admin_group);
         tls_client_check(&d, c);
         queue_check(&d, NULL, 0, &c->queue);
 
@@ -2498,4 +2822,1271 @@ void smtp_limits_effective(const ListenerConfig *l, const MailFlowPolicy *p, Smt
                         e.max_messages = p->limits.max_messages;
         }
         *ret = e;
+}
+
+/* ---- where certificates are used ---- */
+
+static int places_add(char ***places, size_t *n, const char *kind, const char *name) {
+        char **p;
+
+        p = realloc(*places, (*n + 2) * sizeof(char *));
+        if (!p)
+                return -ENOMEM;
+        *places = p;
+        if (name ? asprintf(&p[*n], "%s %s", kind, name) < 0 : !(p[*n] = strdup(kind)))
+                return -ENOMEM;
+        p[++*n] = NULL;
+        return 0;
+}
+
+int config_certificate_users(const Config *c, const char *certificate, char ***ret_places) {
+        _cleanup_strv_free_ char **places = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!c || !certificate || !ret_places)
+                return -EINVAL;
+
+        places = calloc(1, sizeof(char *));
+        if (!places)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < c->n_listeners; i++) {
+                const ListenerConfig *l = &c->listeners[i];
+                bool uses = false;
+
+                if (!l->certificates)
+                        uses = streq(certificate, CERTSTORE_DEMO_NAME);
+                for (char **s = l->certificates; s && *s && !uses; s++)
+                        uses = streq(*s, certificate);
+                if (uses && (r = places_add(&places, &n, "listener", l->name)) < 0)
+                        return r;
+        }
+        if (c->tls_client.certificate && streq(c->tls_client.certificate, certificate) &&
+            (r = places_add(&places, &n, "tls_client", NULL)) < 0)
+                return r;
+        for (size_t i = 0; i < c->n_https; i++)
+                if (streq(c->https[i].certificate ?: CERTSTORE_DEMO_NAME, certificate) &&
+                    (r = places_add(&places, &n, "https", c->https[i].name)) < 0)
+                        return r;
+        for (size_t i = 0; i < c->n_ldap; i++)
+                if (c->ldap[i].certificate && streq(c->ldap[i].certificate, certificate) &&
+                    (r = places_add(&places, &n, "ldap", c->ldap[i].name)) < 0)
+                        return r;
+
+        *ret_places = TAKE_PTR(places);
+        return (int) n;
+}
+
+/* ---- ConfigDocument ---- */
+
+/* Edits are validated under this name; it is cut from the messages
+ * handed back, whose line numbers would point into a rendering the
+ * caller never saw. */
+#define DOCUMENT_EDIT_NAME "pending"
+/* "limits.max_line" is two levels; the file has no deeper groups. */
+#define DOCUMENT_KEY_DEPTH_MAX 3U
+#define DOCUMENT_KEY_MAX 64U
+
+/* Secrets: AES-256-GCM (NIST SP 800-38D) with a 96-bit random IV (8.2.2)
+ * and the full 128-bit tag; the key comes from the password through
+ * PBKDF2-HMAC-SHA256 (RFC 8018 5.2) with a random 128-bit salt (RFC 8018
+ * 4.1 asks for at least 64 bits) and 200000 iterations (OWASP's 2023
+ * guidance for PBKDF2-SHA256 is of that order). */
+#define SECRET_SALT_LEN 16
+#define SECRET_IV_LEN 12
+#define SECRET_TAG_LEN 16
+#define SECRET_KEY_LEN 32
+#define SECRET_PBKDF2_ITERATIONS 200000
+/* A bind password is short; the cap bounds what a crafted value makes us
+ * decode. */
+#define SECRET_PLAIN_MAX 4096U
+#define SECRET_AAD "tlsgw " SECRET_ENCRYPTED_PREFIX
+
+struct ConfigDocument {
+        config_t *lc;
+        /* The text the document was read from, as long as no edit changed
+         * it and no secret was decrypted into it: rendering it keeps the
+         * administrator's comments and layout. */
+        char *text;
+};
+
+typedef struct ConfigKindInfo {
+        const char *name;               /* D-Bus / gwctl kind */
+        const char *list;               /* list key in the file */
+        const char *key;                /* the member that names an object */
+        const char *label;              /* in messages, as validation writes it */
+        bool nocase;                    /* domains compare case-insensitively */
+} ConfigKindInfo;
+
+static const ConfigKindInfo config_kind_info[_CONFIG_KIND_MAX] = {
+        [CONFIG_KIND_LISTENER]     = { "listener",    "listeners",        "name",   "listener",        false },
+        [CONFIG_KIND_POLICY]       = { "policy",      "policies",         "name",   "policy",          false },
+        [CONFIG_KIND_SENDER_GROUP] = { "sendergroup", "sender_groups",    "name",   "sender group",    false },
+        [CONFIG_KIND_ROUTE]        = { "route",       "routes",           "domain", "route",           true },
+        [CONFIG_KIND_DESTINATION]  = { "destination", "destinations",     "domain", "destination",     true },
+        [CONFIG_KIND_HTTPS]        = { "https",       "https_interfaces", "name",   "https interface", false },
+        [CONFIG_KIND_LDAP]         = { "ldap",        "ldap_profiles",    "name",   "ldap profile",    false },
+};
+
+/* Keys of one object that exclude each other: setting one drops the
+ * other, so that switching a route from hosts to a maildir is one edit. */
+static const struct {
+        ConfigKind kind;
+        const char *a, *b;
+} config_exclusive_keys[] = {
+        { CONFIG_KIND_LISTENER, "certificate", "certificates" },
+        { CONFIG_KIND_ROUTE,    "hosts",       "maildir" },
+};
+
+const char *config_kind_to_string(ConfigKind k) {
+        if ((int) k < 0 || k >= _CONFIG_KIND_MAX)
+                return NULL;
+        return config_kind_info[k].name;
+}
+
+ConfigKind config_kind_from_string(const char *s) {
+        if (!s)
+                return _CONFIG_KIND_INVALID;
+        for (size_t i = 0; i < _CONFIG_KIND_MAX; i++)
+                if (streq(config_kind_info[i].name, s))
+                        return (ConfigKind) i;
+        return _CONFIG_KIND_INVALID;
+}
+
+_printf_(3, 4)
+static int edit_error(char **ret_error, int r, const char *fmt, ...) {
+        va_list ap;
+
+        if (ret_error) {
+                va_start(ap, fmt);
+                if (vasprintf(ret_error, fmt, ap) < 0)
+                        *ret_error = NULL;
+                va_end(ap);
+        }
+        return r;
+}
+
+static void secret_wipe(char *s) {
+        if (s)
+                explicit_bzero(s, strlen(s));
+}
+
+static void secret_freep(char **s) {
+        secret_wipe(*s);
+        free(*s);
+}
+#define _cleanup_secret_ _cleanup_(secret_freep)
+
+static ConfigDocument *document_alloc(void) {
+        ConfigDocument *d;
+
+        d = calloc(1, sizeof(ConfigDocument));
+        if (!d)
+                return NULL;
+        /* Settings point back at their config_t: it lives on the heap
+         * so that documents can swap trees. */
+        d->lc = malloc(sizeof(config_t));
+        if (!d->lc) {
+                free(d);
+                return NULL;
+        }
+        config_init(d->lc);
+        /* Written like the example file: "limits = {" on one line. */
+        config_set_options(d->lc, CONFIG_OPTION_SEMICOLON_SEPARATORS);
+        return d;
+}
+
+ConfigDocument *config_document_free(ConfigDocument *d) {
+        if (!d)
+                return NULL;
+        config_destroy(d->lc);
+        free(d->lc);
+        secret_wipe(d->text);
+        free(d->text);
+        free(d);
+        return NULL;
+}
+
+
+/* The same literal checks config_load_string() makes, then libconfig's
+ * parse into d->lc. Problems go to *diag. */
+static int document_parse(ConfigDocument *d, const char *text, Diag *diag) {
+        if (!check_text(diag, text) || diag->n > 0)
+                return -EINVAL;
+        if (strcasestr(text, "@include")) {
+                diag_add(diag, NULL, 0, NULL, "@include is not supported here");
+                return -EINVAL;
+        }
+        if (diag->oom)
+                return -ENOMEM;
+        if (!config_read_string(d->lc, text)) {
+                const char *t = config_error_text(d->lc);
+
+                diag_add(diag, NULL, (unsigned) MAX(config_error_line(d->lc), 0), NULL, "%s", t ?: "syntax error");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int lc_render(const config_t *lc, char **ret) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        FILE *f;
+
+        f = open_memstream(&buf, &len);
+        if (!f)
+                return -ENOMEM;
+        config_write(lc, f);
+        if (fclose(f) != 0 || !buf)
+                return -ENOMEM;
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+/* A tree rendered by libconfig parses again; the checks of
+ * document_parse() are for text from outside. */
+static int document_from_rendering(const char *text, ConfigDocument **ret) {
+        _cleanup_(config_document_freep) ConfigDocument *d = NULL;
+
+        d = document_alloc();
+        if (!d)
+                return -ENOMEM;
+        if (!config_read_string(d->lc, text))
+                return -EINVAL;
+        *ret = TAKE_PTR(d);
+        return 0;
+}
+
+/* Calls f on every secret setting of the tree: the bind_password of each
+ * LDAP profile. */
+static int secrets_foreach(config_t *lc, int (*f)(config_setting_t *parent, config_setting_t *s, void *userdata),
+                           void *userdata) {
+        config_setting_t *list = config_setting_get_member(config_root_setting(lc), "ldap_profiles");
+        int r;
+
+        if (!list || config_setting_type(list) != CONFIG_TYPE_LIST)
+                return 0;
+        for (int i = 0; i < config_setting_length(list); i++) {
+                config_setting_t *g = config_setting_get_elem(list, (unsigned) i);
+                config_setting_t *s;
+
+                if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+                        continue;
+                s = config_setting_get_member(g, "bind_password");
+                if (!s || config_setting_type(s) != CONFIG_TYPE_STRING)
+                        continue;
+                r = f(g, s, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static bool secret_is_encrypted(const char *s) {
+        return s && strncmp(s, SECRET_ENCRYPTED_PREFIX, strlen(SECRET_ENCRYPTED_PREFIX)) == 0;
+}
+
+static int secret_derive_key(const char *password, const unsigned char *salt, unsigned char *key) {
+        if (PKCS5_PBKDF2_HMAC(password, (int) strlen(password), salt, SECRET_SALT_LEN, SECRET_PBKDF2_ITERATIONS,
+                              EVP_sha256(), SECRET_KEY_LEN, key) != 1)
+                return -EIO;
+        return 0;
+}
+
+static void cipher_ctx_freep(EVP_CIPHER_CTX **c) {
+        EVP_CIPHER_CTX_free(*c);
+}
+
+/* "enc:v1:" + base64(salt | iv | ciphertext | tag). */
+static int secret_encrypt(const char *password, const char *plain, char **ret) {
+        _cleanup_(cipher_ctx_freep) EVP_CIPHER_CTX *ctx = NULL;
+        _cleanup_free_ unsigned char *blob = NULL;
+        _cleanup_free_ char *out = NULL;
+        unsigned char key[SECRET_KEY_LEN];
+        size_t plen = strlen(plain), blen;
+        int len, fin, r;
+
+        if (plen > SECRET_PLAIN_MAX)
+                return -E2BIG;
+        blen = SECRET_SALT_LEN + SECRET_IV_LEN + plen + SECRET_TAG_LEN;
+        blob = malloc(blen);
+        out = malloc(strlen(SECRET_ENCRYPTED_PREFIX) + 4 * ((blen + 2) / 3) + 1);
+        if (!blob || !out)
+                return -ENOMEM;
+        if (RAND_bytes(blob, SECRET_SALT_LEN + SECRET_IV_LEN) != 1)
+                return -EIO;
+        r = secret_derive_key(password, blob, key);
+        if (r < 0)
+                return r;
+
+        ctx = EVP_CIPHER_CTX_new();
+        if (!ctx ||
+            EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, blob + SECRET_SALT_LEN) != 1 ||
+            EVP_EncryptUpdate(ctx, NULL, &len, (const unsigned char *) SECRET_AAD, (int) strlen(SECRET_AAD)) != 1 ||
+            EVP_EncryptUpdate(ctx, blob + SECRET_SALT_LEN + SECRET_IV_LEN, &len,
+                              (const unsigned char *) plain, (int) plen) != 1 ||
+            EVP_EncryptFinal_ex(ctx, blob + SECRET_SALT_LEN + SECRET_IV_LEN + len, &fin) != 1 ||
+            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SECRET_TAG_LEN,
+                                blob + SECRET_SALT_LEN + SECRET_IV_LEN + plen) != 1) {
+                OPENSSL_cleanse(key, sizeof(key));
+                return -EIO;
+        }
+        OPENSSL_cleanse(key, sizeof(key));
+
+        strcpy(out, SECRET_ENCRYPTED_PREFIX);
+        EVP_EncodeBlock((unsigned char *) out + strlen(SECRET_ENCRYPTED_PREFIX), blob, (int) blen);
+        *ret = TAKE_PTR(out);
+        return 0;
+}
+
+/* -EKEYREJECTED for a wrong password and for any damage to the value: the
+ * tag cannot tell them apart. */
+static int secret_decrypt(const char *password, const char *value, char **ret) {
+        _cleanup_(cipher_ctx_freep) EVP_CIPHER_CTX *ctx = NULL;
+        _cleanup_free_ unsigned char *blob = NULL;
+        _cleanup_secret_ char *plain = NULL;
+        unsigned char key[SECRET_KEY_LEN];
+        const char *b64 = value + strlen(SECRET_ENCRYPTED_PREFIX);
+        size_t b64len = strlen(b64), pad = 0, blen, plen;
+        int len, fin, r, ok;
+
+        if (b64len == 0 || b64len % 4 != 0 || b64len > 4 * ((SECRET_PLAIN_MAX + 64) / 3))
+                return -EKEYREJECTED;
+        for (size_t i = b64len; i > 0 && b64[i - 1] == '='; i--)
+                pad++;
+        if (pad > 2)
+                return -EKEYREJECTED;
+        blob = malloc(b64len / 4 * 3 + 1);
+        if (!blob)
+                return -ENOMEM;
+        if (EVP_DecodeBlock(blob, (const unsigned char *) b64, (int) b64len) < 0)
+                return -EKEYREJECTED;
+        blen = b64len / 4 * 3 - pad;
+        if (blen < SECRET_SALT_LEN + SECRET_IV_LEN + SECRET_TAG_LEN)
+                return -EKEYREJECTED;
+        plen = blen - SECRET_SALT_LEN - SECRET_IV_LEN - SECRET_TAG_LEN;
+        plain = calloc(1, plen + 1);
+        if (!plain)
+                return -ENOMEM;
+
+        r = secret_derive_key(password, blob, key);
+        if (r < 0)
+                return r;
+        ctx = EVP_CIPHER_CTX_new();
+        if (!ctx) {
+                OPENSSL_cleanse(key, sizeof(key));
+                return -ENOMEM;
+        }
+        ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, blob + SECRET_SALT_LEN) == 1 &&
+             EVP_DecryptUpdate(ctx, NULL, &len, (const unsigned char *) SECRET_AAD, (int) strlen(SECRET_AAD)) == 1 &&
+             EVP_DecryptUpdate(ctx, (unsigned char *) plain, &len, blob + SECRET_SALT_LEN + SECRET_IV_LEN,
+                               (int) plen) == 1 &&
+             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, SECRET_TAG_LEN,
+                                 blob + SECRET_SALT_LEN + SECRET_IV_LEN + plen) == 1 &&
+             EVP_DecryptFinal_ex(ctx, (unsigned char *) plain + len, &fin) == 1;
+        OPENSSL_cleanse(key, sizeof(key));
+        /* A NUL inside would cut the secret short without notice. */
+        if (!ok || strlen(plain) != plen)
+                return -EKEYREJECTED;
+
+        *ret = TAKE_PTR(plain);
+        return 0;
+}
+
+typedef struct SecretOp {
+        const char *password;
+        unsigned n;
+} SecretOp;
+
+static int secret_decrypt_one(config_setting_t *parent, config_setting_t *s, void *userdata) {
+        SecretOp *op = userdata;
+        _cleanup_secret_ char *plain = NULL;
+        int r;
+
+        if (!secret_is_encrypted(config_setting_get_string(s)))
+                return 0;
+        if (!op->password)
+                return -ENOKEY;
+        r = secret_decrypt(op->password, config_setting_get_string(s), &plain);
+        if (r < 0)
+                return r;
+        if (config_setting_set_string(s, plain) != CONFIG_TRUE)
+                return -ENOMEM;
+        op->n++;
+        return 0;
+}
+
+static int secret_encrypt_one(config_setting_t *parent, config_setting_t *s, void *userdata) {
+        SecretOp *op = userdata;
+        _cleanup_free_ char *enc = NULL;
+        int r;
+
+        r = secret_encrypt(op->password, config_setting_get_string(s), &enc);
+        if (r < 0)
+                return r;
+        if (config_setting_set_string(s, enc) != CONFIG_TRUE)
+                return -ENOMEM;
+        op->n++;
+        return 0;
+}
+
+static int secret_remove_one(config_setting_t *parent, config_setting_t *s, void *userdata) {
+        SecretOp *op = userdata;
+
+        if (config_setting_remove(parent, config_setting_name(s)) != CONFIG_TRUE)
+                return -EIO;
+        op->n++;
+        return 0;
+}
+
+int config_document_to_text(const ConfigDocument *d, ConfigSecrets secrets, const char *password, char **ret) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        _cleanup_secret_ char *text = NULL;
+        SecretOp op = { .password = password };
+        int r;
+
+        if (!d || !ret)
+                return -EINVAL;
+
+        if (secrets == CONFIG_SECRETS_KEEP) {
+                if (d->text) {
+                        text = strdup(d->text);
+                        if (!text)
+                                return -ENOMEM;
+                } else {
+                        r = lc_render(d->lc, &text);
+                        if (r < 0)
+                                return r;
+                }
+                *ret = TAKE_PTR(text);
+                return 0;
+        }
+        if (secrets == CONFIG_SECRETS_ENCRYPT && isempty(password))
+                return -EINVAL;
+        if (secrets != CONFIG_SECRETS_REDACT && secrets != CONFIG_SECRETS_ENCRYPT)
+                return -EINVAL;
+
+        /* Always rendered from the tree, never from the original text:
+         * a comment may hold an old password. */
+        r = lc_render(d->lc, &text);
+        if (r < 0)
+                return r;
+        r = document_from_rendering(text, &copy);
+        if (r < 0)
+                return r;
+        r = secrets_foreach(copy->lc, secrets == CONFIG_SECRETS_REDACT ? secret_remove_one : secret_encrypt_one, &op);
+        if (r < 0)
+                return r;
+        secret_wipe(text);
+        text = mfree(text);
+        r = lc_render(copy->lc, &text);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(text);
+        return 0;
+}
+
+int config_document_load(const ConfigDocument *d, const char *name, Config **ret, char **ret_error) {
+        _cleanup_secret_ char *text = NULL;
+        int r;
+
+        if (!d || !ret)
+                return -EINVAL;
+        r = config_document_to_text(d, CONFIG_SECRETS_KEEP, NULL, &text);
+        if (r < 0)
+                return r;
+        return config_load_string(text, name ?: DOCUMENT_EDIT_NAME, ret, ret_error);
+}
+
+int config_document_new(const char *text, const char *name, const char *password,
+                        ConfigDocument **ret, char **ret_error) {
+        _cleanup_(config_document_freep) ConfigDocument *d = NULL;
+        _cleanup_(config_unrefp) Config *c = NULL;
+        SecretOp op = { .password = password };
+        Diag diag = {
+                .file = name ?: "<string>",
+        };
+        int r;
+
+        if (!text || !ret)
+                return -EINVAL;
+
+        d = document_alloc();
+        if (!d)
+                return -ENOMEM;
+        r = document_parse(d, text, &diag);
+        if (r < 0) {
+                int q = diag_finish(&diag, ret_error);
+                return q < 0 ? q : r;
+        }
+
+        r = secrets_foreach(d->lc, secret_decrypt_one, &op);
+        if (r == -ENOKEY)
+                return edit_error(ret_error, -EKEYREJECTED, "%s: the configuration has encrypted secrets; "
+                                  "a password is needed", diag.file);
+        if (r == -EKEYREJECTED)
+                return edit_error(ret_error, -EKEYREJECTED, "%s: wrong password for the encrypted secrets", diag.file);
+        if (r < 0)
+                return r;
+
+        /* Unchanged text validates as itself, so the messages carry the
+         * file's own line numbers. */
+        if (op.n == 0) {
+                d->text = strdup(text);
+                if (!d->text)
+                        return -ENOMEM;
+        }
+        r = config_document_load(d, diag.file, &c, ret_error);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(d);
+        return 0;
+}
+
+int config_document_copy(const ConfigDocument *d, ConfigDocument **ret) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        _cleanup_secret_ char *text = NULL;
+        int r;
+
+        if (!d || !ret)
+                return -EINVAL;
+        r = lc_render(d->lc, &text);
+        if (r < 0)
+                return r;
+        r = document_from_rendering(text, &copy);
+        if (r < 0)
+                return r;
+        if (d->text) {
+                copy->text = strdup(d->text);
+                if (!copy->text)
+                        return -ENOMEM;
+        }
+        *ret = TAKE_PTR(copy);
+        return 0;
+}
+
+/* "pending:12: listener 'x': ..." -> "listener 'x': ...", per line. */
+static char *strip_source(const char *err, const char *name) {
+        size_t nl = strlen(name);
+        char *out, *o;
+
+        out = malloc(strlen(err) + 1);
+        if (!out)
+                return NULL;
+        o = out;
+        for (const char *p = err; *p;) {
+                const char *eol = strchrnul(p, '\n');
+
+                if (strncmp(p, name, nl) == 0 && p[nl] == ':') {
+                        const char *q = p + nl + 1;
+
+                        while (isdigit((unsigned char) *q))
+                                q++;
+                        if (*q == ':')
+                                q++;
+                        if (*q == ' ')
+                                q++;
+                        if (q <= eol)
+                                p = q;
+                }
+                memcpy(o, p, (size_t) (eol - p));
+                o += eol - p;
+                if (*eol == '\n')
+                        *o++ = '\n';
+                p = *eol ? eol + 1 : eol;
+        }
+        *o = '\0';
+        return out;
+}
+
+/* Validates the edited copy and, only if it loads, makes it the
+ * document. */
+static int document_edit_finish(ConfigDocument *d, ConfigDocument *copy, char **ret_error) {
+        _cleanup_(config_unrefp) Config *c = NULL;
+        _cleanup_free_ char *err = NULL;
+        config_t *t;
+        int r;
+
+        copy->text = mfree(copy->text);
+        r = config_document_load(copy, DOCUMENT_EDIT_NAME, &c, &err);
+        if (r < 0) {
+                if (ret_error && err) {
+                        *ret_error = strip_source(err, DOCUMENT_EDIT_NAME);
+                        if (!*ret_error)
+                                return -ENOMEM;
+                }
+                return r;
+        }
+
+        t = d->lc;
+        d->lc = copy->lc;
+        copy->lc = t;
+        secret_wipe(d->text);
+        d->text = mfree(d->text);
+        return 0;
+}
+
+static bool key_component_is_valid(const char *s, size_t n) {
+        if (n == 0 || !((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+                return false;
+        for (size_t i = 1; i < n; i++)
+                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+                        return false;
+        return true;
+}
+
+static int value_setting_type(const ConfigValue *v) {
+        switch (v->type) {
+        case CONFIG_VALUE_STRING:
+                return CONFIG_TYPE_STRING;
+        case CONFIG_VALUE_INT:
+                /* libconfig 1.5 keeps 32-bit ints unless told otherwise;
+                 * it writes 64-bit ones with the L suffix. */
+                return v->i >= INT32_MIN && v->i <= INT32_MAX ? CONFIG_TYPE_INT : CONFIG_TYPE_INT64;
+        case CONFIG_VALUE_BOOL:
+                return CONFIG_TYPE_BOOL;
+        case CONFIG_VALUE_STRV:
+                return CONFIG_TYPE_ARRAY;
+        default:
+                return CONFIG_TYPE_NONE;
+        }
+}
+
+static int setting_store(config_setting_t *s, const ConfigValue *v) {
+        int ok = CONFIG_TRUE;
+
+        switch (v->type) {
+        case CONFIG_VALUE_STRING:
+                ok = config_setting_set_string(s, v->s);
+                break;
+        case CONFIG_VALUE_INT:
+                ok = config_setting_type(s) == CONFIG_TYPE_INT ? config_setting_set_int(s, (int) v->i)
+                                                               : config_setting_set_int64(s, v->i);
+                break;
+        case CONFIG_VALUE_BOOL:
+                ok = config_setting_set_bool(s, v->b);
+                break;
+        case CONFIG_VALUE_STRV:
+                while (config_setting_length(s) > 0)
+                        if (config_setting_remove_elem(s, 0) != CONFIG_TRUE)
+                                return -EIO;
+                for (char * const *e = v->strv; e && *e; e++)
+                        if (!config_setting_set_string_elem(s, -1, *e))
+                                return -ENOMEM;
+                break;
+        default:
+                return -EINVAL;
+        }
+        return ok == CONFIG_TRUE ? 0 : -ENOMEM;
+}
+
+/* Applies one value below group g; label names the object in messages. */
+static int group_apply(config_setting_t *g, const ConfigValue *v, const char *label, char **ret_error) {
+        char esc[DOCUMENT_KEY_MAX + 8];
+        const char *key = v->key;
+        config_setting_t *m;
+        unsigned depth = 0;
+        int type;
+
+        if (isempty(key) || strlen(key) > DOCUMENT_KEY_MAX)
+                return edit_error(ret_error, -EINVAL, "%s%sinvalid key \"%s\"", label, *label ? ": " : "",
+                                  key ? log_escape(key, strlen(key), esc, sizeof(esc)) : "");
+        if (v->type < CONFIG_VALUE_UNSET || v->type >= _CONFIG_VALUE_TYPE_MAX ||
+            (v->type == CONFIG_VALUE_STRING && !v->s))
+                return edit_error(ret_error, -EINVAL, "%s%s'%s' has no valid value", label, *label ? ": " : "",
+                                  log_escape(key, strlen(key), esc, sizeof(esc)));
+
+        for (const char *p = key;;) {
+                const char *dot = strchr(p, '.');
+                size_t n = dot ? (size_t) (dot - p) : strlen(p);
+                char comp[DOCUMENT_KEY_MAX + 1];
+
+                if (!key_component_is_valid(p, n) || ++depth > DOCUMENT_KEY_DEPTH_MAX)
+                        return edit_error(ret_error, -EINVAL, "%s%sinvalid key \"%s\"", label, *label ? ": " : "",
+                                          log_escape(key, strlen(key), esc, sizeof(esc)));
+                memcpy(comp, p, n);
+                comp[n] = '\0';
+                m = config_setting_get_member(g, comp);
+
+                if (dot) {
+                        if (!m) {
+                                if (v->type == CONFIG_VALUE_UNSET)
+                                        return 0;
+                                m = config_setting_add(g, comp, CONFIG_TYPE_GROUP);
+                                if (!m)
+                                        return -ENOMEM;
+                        } else if (config_setting_type(m) != CONFIG_TYPE_GROUP)
+                                return edit_error(ret_error, -EINVAL, "%s%s'%s' is not a group", label,
+                                                  *label ? ": " : "", comp);
+                        g = m;
+                        p = dot + 1;
+                        continue;
+                }
+
+                if (v->type == CONFIG_VALUE_UNSET) {
+                        if (m && config_setting_remove(g, comp) != CONFIG_TRUE)
+                                return -EIO;
+                        return 0;
+                }
+                type = value_setting_type(v);
+                /* Same type: changed in place, keeping its position. */
+                if (m && config_setting_type(m) != type) {
+                        if (config_setting_remove(g, comp) != CONFIG_TRUE)
+                                return -EIO;
+                        m = NULL;
+                }
+                if (!m) {
+                        m = config_setting_add(g, comp, type);
+                        if (!m)
+                                return -ENOMEM;
+                }
+                return setting_store(m, v);
+        }
+}
+
+static config_setting_t *kind_list(const ConfigDocument *d, ConfigKind kind) {
+        config_setting_t *l = config_setting_get_member(config_root_setting(d->lc), config_kind_info[kind].list);
+
+        return l && config_setting_type(l) == CONFIG_TYPE_LIST ? l : NULL;
+}
+
+static int kind_find(const ConfigDocument *d, ConfigKind kind, const char *name, config_setting_t **ret_group) {
+        const ConfigKindInfo *k = &config_kind_info[kind];
+        config_setting_t *list = kind_list(d, kind);
+
+        for (int i = 0; list && i < config_setting_length(list); i++) {
+                config_setting_t *g = config_setting_get_elem(list, (unsigned) i);
+                const char *n = group_name(g, k->key);
+
+                if (n && (k->nocase ? strcaseeq(n, name) : streq(n, name))) {
+                        if (ret_group)
+                                *ret_group = g;
+                        return i;
+                }
+        }
+        return -ENOENT;
+}
+
+static int object_apply(config_setting_t *g, ConfigKind kind, const char *name, bool adding,
+                        const ConfigValue *values, size_t n_values, const char *label, char **ret_error) {
+        const ConfigKindInfo *k = &config_kind_info[kind];
+        int r;
+
+        /* Both of a pair in one request is a contradiction, not a switch. */
+        for (size_t j = 0; j < ELEMENTSOF(config_exclusive_keys); j++) {
+                bool a = false, b = false;
+
+                if (config_exclusive_keys[j].kind != kind)
+                        continue;
+                for (size_t i = 0; i < n_values; i++) {
+                        if (!values[i].key || values[i].type == CONFIG_VALUE_UNSET)
+                                continue;
+                        a = a || streq(values[i].key, config_exclusive_keys[j].a);
+                        b = b || streq(values[i].key, config_exclusive_keys[j].b);
+                }
+                if (a && b)
+                        return edit_error(ret_error, -EINVAL, "%s: '%s' and '%s' exclude each other; give one of them",
+                                          label, config_exclusive_keys[j].a, config_exclusive_keys[j].b);
+        }
+
+        for (size_t i = 0; i < n_values; i++) {
+                const ConfigValue *v = &values[i];
+
+                if (v->key && streq(v->key, k->key)) {
+                        /* Renaming would silently break references. */
+                        if (adding && v->type == CONFIG_VALUE_STRING && v->s &&
+                            (k->nocase ? strcaseeq(v->s, name) : streq(v->s, name)))
+                                continue;
+                        return edit_error(ret_error, -EINVAL, "%s: '%s' cannot be changed; delete the %s and add it again",
+                                          label, k->key, k->label);
+                }
+                r = group_apply(g, v, label, ret_error);
+                if (r < 0)
+                        return r;
+                if (v->type == CONFIG_VALUE_UNSET)
+                        continue;
+                for (size_t j = 0; j < ELEMENTSOF(config_exclusive_keys); j++) {
+                        const char *other = NULL;
+
+                        if (config_exclusive_keys[j].kind != kind)
+                                continue;
+                        if (streq(v->key, config_exclusive_keys[j].a))
+                                other = config_exclusive_keys[j].b;
+                        else if (streq(v->key, config_exclusive_keys[j].b))
+                                other = config_exclusive_keys[j].a;
+                        if (other && config_setting_get_member(g, other) &&
+                            config_setting_remove(g, other) != CONFIG_TRUE)
+                                return -EIO;
+                }
+        }
+        return 0;
+}
+
+static int edit_prepare(const ConfigDocument *d, ConfigKind kind, const char *name, Obj *o) {
+        if (!d || (int) kind < 0 || kind >= _CONFIG_KIND_MAX || isempty(name))
+                return -EINVAL;
+        obj_init(o, config_kind_info[kind].label, name, 0);
+        return 0;
+}
+
+int config_document_add(ConfigDocument *d, ConfigKind kind, const char *name,
+                        const ConfigValue *values, size_t n_values, char **ret_error) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        const ConfigKindInfo *k;
+        config_setting_t *list, *g, *m;
+        Obj o;
+        int r;
+
+        r = edit_prepare(d, kind, name, &o);
+        if (r < 0)
+                return r;
+        if (n_values > 0 && !values)
+                return -EINVAL;
+        k = &config_kind_info[kind];
+        if (kind_find(d, kind, name, NULL) >= 0)
+                return edit_error(ret_error, -EEXIST, "%s already exists", o.label);
+
+        r = config_document_copy(d, &copy);
+        if (r < 0)
+                return r;
+        list = kind_list(copy, kind);
+        if (!list) {
+                config_setting_t *root = config_root_setting(copy->lc);
+
+                if (config_setting_get_member(root, k->list))
+                        return edit_error(ret_error, -EINVAL, "'%s' is not a list", k->list);
+                list = config_setting_add(root, k->list, CONFIG_TYPE_LIST);
+                if (!list)
+                        return -ENOMEM;
+        }
+        g = config_setting_add(list, NULL, CONFIG_TYPE_GROUP);
+        if (!g)
+                return -ENOMEM;
+        m = config_setting_add(g, k->key, CONFIG_TYPE_STRING);
+        if (!m || config_setting_set_string(m, name) != CONFIG_TRUE)
+                return -ENOMEM;
+        r = object_apply(g, kind, name, true, values, n_values, o.label, ret_error);
+        if (r < 0)
+                return r;
+        return document_edit_finish(d, copy, ret_error);
+}
+
+int config_document_set(ConfigDocument *d, ConfigKind kind, const char *name,
+                        const ConfigValue *values, size_t n_values, char **ret_error) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        config_setting_t *g = NULL;
+        Obj o;
+        int r;
+
+        r = edit_prepare(d, kind, name, &o);
+        if (r < 0)
+                return r;
+        if (n_values > 0 && !values)
+                return -EINVAL;
+        if (kind_find(d, kind, name, NULL) < 0)
+                return edit_error(ret_error, -ENOENT, "no %s", o.label);
+
+        r = config_document_copy(d, &copy);
+        if (r < 0)
+                return r;
+        if (kind_find(copy, kind, name, &g) < 0)
+                return -EIO;
+        r = object_apply(g, kind, name, false, values, n_values, o.label, ret_error);
+        if (r < 0)
+                return r;
+        return document_edit_finish(d, copy, ret_error);
+}
+
+/* Who names policy `name`: sender groups and listeners' default_policy. */
+static int policy_users(const ConfigDocument *d, const char *name, char **ret) {
+        static const struct {
+                ConfigKind kind;
+                const char *key;
+        } refs[] = {
+                { CONFIG_KIND_SENDER_GROUP, "policy" },
+                { CONFIG_KIND_LISTENER,     "default_policy" },
+        };
+        _cleanup_free_ char *users = NULL;
+        size_t n = 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(refs); i++) {
+                config_setting_t *list = kind_list(d, refs[i].kind);
+
+                for (int j = 0; list && j < config_setting_length(list); j++) {
+                        config_setting_t *g = config_setting_get_elem(list, (unsigned) j);
+                        const char *p = group_name(g, refs[i].key), *who = group_name(g, "name");
+                        char esc[CONFIG_NAME_MAX + 8];
+                        char *t;
+
+                        if (!p || !streq(p, name))
+                                continue;
+                        if (asprintf(&t, "%s%s%s '%s'", users ?: "", users ? ", " : "",
+                                     config_kind_info[refs[i].kind].label,
+                                     who ? log_escape(who, strlen(who), esc, sizeof(esc)) : "?") < 0)
+                                return -ENOMEM;
+                        free(users);
+                        users = t;
+                        n++;
+                }
+        }
+        *ret = TAKE_PTR(users);
+        return (int) n;
+}
+
+int config_document_delete(ConfigDocument *d, ConfigKind kind, const char *name, char **ret_error) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        config_setting_t *list;
+        Obj o;
+        int r, idx;
+
+        r = edit_prepare(d, kind, name, &o);
+        if (r < 0)
+                return r;
+        if (kind_find(d, kind, name, NULL) < 0)
+                return edit_error(ret_error, -ENOENT, "no %s", o.label);
+
+        if (kind == CONFIG_KIND_POLICY) {
+                _cleanup_free_ char *users = NULL;
+
+                r = policy_users(d, name, &users);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        return edit_error(ret_error, -EBUSY, "%s is in use by %s", o.label, users);
+        }
+
+        r = config_document_copy(d, &copy);
+        if (r < 0)
+                return r;
+        idx = kind_find(copy, kind, name, NULL);
+        list = kind_list(copy, kind);
+        if (idx < 0 || !list)
+                return -EIO;
+        if (config_setting_remove_elem(list, (unsigned) idx) != CONFIG_TRUE)
+                return -EIO;
+        return document_edit_finish(d, copy, ret_error);
+}
+
+int config_document_set_global(ConfigDocument *d, const ConfigValue *values, size_t n_values,
+                               char **ret_error) {
+        _cleanup_(config_document_freep) ConfigDocument *copy = NULL;
+        int r;
+
+        if (!d || (n_values > 0 && !values))
+                return -EINVAL;
+
+        for (size_t i = 0; i < n_values; i++)
+                for (size_t k = 0; k < _CONFIG_KIND_MAX; k++) {
+                        const char *list = config_kind_info[k].list;
+                        size_t l = strlen(list);
+
+                        if (values[i].key && strncmp(values[i].key, list, l) == 0 &&
+                            (values[i].key[l] == '\0' || values[i].key[l] == '.'))
+                                return edit_error(ret_error, -EINVAL, "'%s' is changed by adding, setting and "
+                                                  "deleting its %s objects", list, config_kind_info[k].name);
+                }
+
+        r = config_document_copy(d, &copy);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n_values; i++) {
+                r = group_apply(config_root_setting(copy->lc), &values[i], "", ret_error);
+                if (r < 0)
+                        return r;
+        }
+        return document_edit_finish(d, copy, ret_error);
+}
+
+/* ---- rendering an in-memory Config ---- */
+
+/* A libconfig string literal: quotes, backslashes and control characters
+ * escaped the way its scanner reads them back. */
+static void write_string(FILE *f, const char *s) {
+        fputc('"', f);
+        for (; *s; s++) {
+                unsigned char ch = (unsigned char) *s;
+
+                if (ch == '"' || ch == '\\')
+                        fprintf(f, "\\%c", ch);
+                else if (ch == '\n')
+                        fputs("\\n", f);
+                else if (ch == '\t')
+                        fputs("\\t", f);
+                else if (ch < 0x20 || ch == 0x7f)
+                        fprintf(f, "\\x%02X", ch);
+                else
+                        fputc(ch, f);
+        }
+        fputc('"', f);
+}
+
+static void write_key_string(FILE *f, const char *indent, const char *key, const char *value) {
+        if (!value)
+                return;
+        fprintf(f, "%s%s = ", indent, key);
+        write_string(f, value);
+        fputs(";\n", f);
+}
+
+static void write_key_strv(FILE *f, const char *indent, const char *key, char * const *v) {
+        fprintf(f, "%s%s = [", indent, key);
+        for (size_t i = 0; v && v[i]; i++) {
+                fputs(i > 0 ? ", " : " ", f);
+                write_string(f, v[i]);
+        }
+        fputs(" ];\n", f);
+}
+
+/* Integers beyond 32 bits need the L suffix (see check_text()). */
+static void write_key_u64(FILE *f, const char *indent, const char *key, uint64_t v) {
+        fprintf(f, "%s%s = %" PRIu64 "%s;\n", indent, key, v, v > INT32_MAX ? "L" : "");
+}
+
+static void write_key_duration(FILE *f, const char *indent, const char *key, uint64_t usec) {
+        char buf[DURATION_STRLEN];
+
+        write_key_string(f, indent, key, format_duration(usec, buf));
+}
+
+static void write_key_bool(FILE *f, const char *indent, const char *key, bool b) {
+        fprintf(f, "%s%s = %s;\n", indent, key, b ? "true" : "false");
+}
+
+/* Policies write only their overrides (0 = inherit). */
+static void write_limits(FILE *f, const char *indent, const SmtpLimits *l, bool overrides_only) {
+        char in[16];
+
+        snprintf(in, sizeof(in), "%s  ", indent);
+        fprintf(f, "%slimits = {\n", indent);
+        if (!overrides_only || l->max_line > 0)
+                write_key_u64(f, in, "max_line", l->max_line);
+        if (!overrides_only || l->max_recipients > 0)
+                write_key_u64(f, in, "max_recipients", l->max_recipients);
+        if (!overrides_only || l->max_message_size > 0)
+                write_key_u64(f, in, "max_message_size", l->max_message_size);
+        if (!overrides_only || l->max_errors > 0)
+                write_key_u64(f, in, "max_errors", l->max_errors);
+        if (!overrides_only || l->idle_timeout > 0)
+                write_key_duration(f, in, "idle_timeout", l->idle_timeout);
+        if (!overrides_only || l->data_timeout > 0)
+                write_key_duration(f, in, "data_timeout", l->data_timeout);
+        if (!overrides_only || l->max_messages > 0)
+                write_key_u64(f, in, "max_messages", l->max_messages);
+        fprintf(f, "%s};\n", indent);
+}
+
+static void write_config(FILE *f, const Config *c) {
+        const char *in = "    ";
+
+        write_key_string(f, "", "hostname", c->hostname);
+        write_key_string(f, "", "state_directory", c->state_dir);
+        write_key_u64(f, "", "workers", c->workers);
+        write_key_duration(f, "", "shutdown_timeout", c->shutdown_timeout);
+        if (c->dns_servers)
+                write_key_strv(f, "", "dns_servers", c->dns_servers);
+        if (c->alert_recipients)
+                write_key_strv(f, "", "alert_recipients", c->alert_recipients);
+        write_key_string(f, "", "admin_group", c->admin_group);
+
+        fputs("listeners = (\n", f);
+        for (size_t i = 0; i < c->n_listeners; i++) {
+                const ListenerConfig *l = &c->listeners[i];
+
+                fprintf(f, "  {\n");
+                write_key_string(f, in, "name", l->name);
+                write_key_string(f, in, "address", l->address);
+                write_key_u64(f, in, "port", l->port);
+                write_key_string(f, in, "hostname", l->hostname);
+                write_key_strv(f, in, "accepted_domains", l->accepted_domains);
+                write_key_string(f, in, "default_policy", l->default_policy_name);
+                write_key_string(f, in, "tls", tls_inbound_to_string(l->tls));
+                if (l->certificates)
+                        write_key_strv(f, in, "certificates", l->certificates);
+                write_key_string(f, in, "tls_min_version", l->tls_min_version);
+                write_key_string(f, in, "tls_ciphers", l->tls_ciphers);
+                write_key_string(f, in, "tls_ciphersuites", l->tls_ciphersuites);
+                write_key_string(f, in, "tls_groups", l->tls_groups);
+                write_key_string(f, in, "client_ca", l->client_ca);
+                write_key_bool(f, in, "ktls", l->ktls);
+                write_key_u64(f, in, "max_connections", l->max_connections);
+                write_key_u64(f, in, "max_connections_per_ip", l->max_connections_per_ip);
+                write_limits(f, in, &l->limits, false);
+                fprintf(f, "  }%s\n", i + 1 < c->n_listeners ? "," : "");
+        }
+        fputs(");\n", f);
+
+        fputs("policies = (\n", f);
+        for (size_t i = 0; i < c->n_policies; i++) {
+                const MailFlowPolicy *p = &c->policies[i];
+                const SmtpLimits *l = &p->limits;
+
+                fprintf(f, "  {\n");
+                write_key_string(f, in, "name", p->name);
+                write_key_string(f, in, "action", policy_action_to_string(p->action));
+                if (p->tls >= 0)
+                        write_key_string(f, in, "tls", tls_inbound_to_string((TlsInbound) p->tls));
+                if (p->max_connections_per_ip > 0)
+                        write_key_u64(f, in, "max_connections_per_ip", p->max_connections_per_ip);
+                if (l->max_line || l->max_recipients || l->max_message_size || l->max_errors ||
+                    l->idle_timeout || l->data_timeout || l->max_messages)
+                        write_limits(f, in, l, true);
+                fprintf(f, "  }%s\n", i + 1 < c->n_policies ? "," : "");
+        }
+        fputs(");\n", f);
+
+        fputs("sender_groups = (\n", f);
+        for (size_t i = 0; i < c->n_sender_groups; i++) {
+                const SenderGroup *sg = &c->sender_groups[i];
+
+                fprintf(f, "  {\n");
+                write_key_string(f, in, "name", sg->name);
+                write_key_string(f, in, "policy", sg->policy_name);
+                fprintf(f, "%ssources = [", in);
+                for (size_t j = 0; j < sg->n_sources; j++) {
+                        char buf[CIDR_STRLEN];
+
+                        fputs(j > 0 ? ", " : " ", f);
+                        write_string(f, cidr_to_string(&sg->sources[j], buf, sizeof(buf)) ?: "");
+                }
+                fputs(" ];\n", f);
+                fprintf(f, "  }%s\n", i + 1 < c->n_sender_groups ? "," : "");
+        }
+        fputs(");\n", f);
+
+        fputs("routes = (\n", f);
+        for (size_t i = 0; i < c->n_routes; i++) {
+                const RouteConfig *rt = &c->routes[i];
+
+                fprintf(f, "  {\n");
+                write_key_string(f, in, "domain", rt->domain);
+                if (rt->kind == ROUTE_MAILDIR)
+                        write_key_string(f, in, "maildir", rt->directory);
+                else {
+                        fprintf(f, "%shosts = [", in);
+                        for (size_t j = 0; j < rt->n_hosts; j++) {
+                                _cleanup_free_ char *hp = NULL;
+                                bool v6 = strchr(rt->hosts[j].host, ':');
+
+                                if (asprintf(&hp, "%s%s%s:%u", v6 ? "[" : "", rt->hosts[j].host, v6 ? "]" : "",
+                                             rt->hosts[j].port) < 0)
+                                        hp = NULL;
+                                fputs(j > 0 ? ", " : " ", f);
+                                write_string(f, hp ?: "");
+                        }
+                        fputs(" ];\n", f);
+                }
+                fprintf(f, "  }%s\n", i + 1 < c->n_routes ? "," : "");
+        }
+        fputs(");\n", f);
+
+        fputs("destinations = (\n", f);
+        for (size_t i = 0; i < c->n_destinations; i++) {
+                const DestinationConfig *dst = &c->destinations[i];
+
+                fprintf(f, "  {\n");
+                write_key_string(f, in, "domain", dst->domain);
+                write_key_u64(f, in, "max_connections", dst->max_connections);
+                write_key_u64(f, in, "max_messages_per_connection", dst->max_messages_per_connection);
+                write_key_u64(f, in, "max_recipients_per_message", dst->max_recipients_per_message);
+                write_key_string(f, in, "tls", tls_outbound_to_string(dst->tls));
+                write_key_bool(f, in, "ktls", dst->ktls);
+                write_key_string(f, in, "ca_file", dst->ca_file);
+                write_key_string(f, in, "tls_min_version", dst->tls_min_version);
+                fprintf(f, "  }%s\n", i + 1 < c->n_destinations ? "," : "");
+        }
+        fputs(");\n", f);
+
+        if (c->n_https > 0) {
+                fputs("https_interfaces = (\n", f);
+                for (size_t i = 0; i < c->n_https; i++) {
+                        const HttpsConfig *h = &c->https[i];
+
+                        fprintf(f, "  {\n");
+                        write_key_string(f, in, "name", h->name);
+                        write_key_string(f, in, "address", h->address);
+                        write_key_u64(f, in, "port", h->port);
+                        write_key_string(f, in, "hostname", h->hostname);
+                        write_key_string(f, in, "certificate", h->certificate);
+                        fprintf(f, "  }%s\n", i + 1 < c->n_https ? "," : "");
+                }
+                fputs(");\n", f);
+        }
+        if (c->n_ldap > 0) {
+                fputs("ldap_profiles = (\n", f);
+                for (size_t i = 0; i < c->n_ldap; i++) {
+                        const LdapConfig *l = &c->ldap[i];
+
+                        fprintf(f, "  {\n");
+                        write_key_string(f, in, "name", l->name);
+                        write_key_string(f, in, "uri", l->uri);
+                        write_key_string(f, in, "base", l->base);
+                        write_key_string(f, in, "bind_dn", l->bind_dn);
+                        write_key_string(f, in, "bind_password", l->bind_password);
+                        write_key_string(f, in, "ca_file", l->ca_file);
+                        write_key_string(f, in, "certificate", l->certificate);
+                        fprintf(f, "  }%s\n", i + 1 < c->n_ldap ? "," : "");
+                }
+                fputs(");\n", f);
+        }
+
+        fputs("queue = {\n", f);
+        write_key_duration(f, in, "retry_min", c->queue.retry_min);
+        write_key_duration(f, in, "retry_max", c->queue.retry_max);
+        write_key_duration(f, in, "lifetime", c->queue.lifetime);
+        write_key_duration(f, in, "connect_timeout", c->queue.connect_timeout);
+        write_key_duration(f, in, "command_timeout", c->queue.command_timeout);
+        write_key_duration(f, in, "data_timeout", c->queue.data_timeout);
+        write_key_u64(f, in, "smtp_port", c->queue.smtp_port);
+        write_key_u64(f, in, "max_connections", c->queue.max_connections);
+        fputs("};\n", f);
+
+        fputs("tls_client = {\n", f);
+        write_key_string(f, in, "certificate", c->tls_client.certificate);
+        write_key_string(f, in, "ca_file", c->tls_client.ca_file);
+        write_key_string(f, in, "min_version", c->tls_client.min_version);
+        write_key_string(f, in, "ciphers", c->tls_client.ciphers);
+        write_key_string(f, in, "ciphersuites", c->tls_client.ciphersuites);
+        write_key_string(f, in, "groups", c->tls_client.groups);
+        fputs("};\n", f);
+
+        fputs("tls_alerts = {\n", f);
+        write_key_bool(f, in, "enabled", c->tls_alert_enabled);
+        write_key_duration(f, in, "interval", c->tls_alert_interval);
+        fputs("};\n", f);
+        write_key_duration(f, "", "tls_ticket_rotation", c->tls_ticket_rotation);
+}
+
+int config_document_from_config(const Config *c, ConfigDocument **ret) {
+        _cleanup_(config_document_freep) ConfigDocument *d = NULL;
+        _cleanup_(config_unrefp) Config *check = NULL;
+        _cleanup_secret_ char *buf = NULL;
+        size_t len = 0;
+        FILE *f;
+        int r;
+
+        if (!c || !ret)
+                return -EINVAL;
+
+        f = open_memstream(&buf, &len);
+        if (!f)
+                return -ENOMEM;
+        write_config(f, c);
+        if (fclose(f) != 0 || !buf)
+                return -ENOMEM;
+
+        d = document_alloc();
+        if (!d)
+                return -ENOMEM;
+        if (!config_read_string(d->lc, buf))
+                return -EINVAL;
+        d->text = TAKE_PTR(buf);
+        /* What we wrote must be a configuration we accept. */
+        r = config_document_load(d, BUILTIN_SOURCE, &check, NULL);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(d);
+        return 0;
 }

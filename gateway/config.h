@@ -174,6 +174,29 @@ typedef struct TlsClientConfig {
         unsigned line;                  /* of the group, 0 when not in the file */
 } TlsClientConfig;
 
+/* HTTPS interfaces (the HTTPS server itself is a later feature): which
+ * address, name and certificate it will serve. */
+typedef struct HttpsConfig {
+        char *name;
+        char *address;
+        uint16_t port;
+        char *hostname;
+        char *certificate;              /* certstore name, NULL = demo */
+        unsigned line;
+} HttpsConfig;
+
+/* LDAP server profiles (queries are a later feature). */
+typedef struct LdapConfig {
+        char *name;
+        char *uri;                      /* ldap:// or ldaps:// */
+        char *base;
+        char *bind_dn;                  /* NULL = anonymous */
+        char *bind_password;            /* a secret: never shown, exported only encrypted */
+        char *ca_file;                  /* absolute path, NULL = system store */
+        char *certificate;              /* client certificate (certstore name), NULL = none */
+        unsigned line;
+} LdapConfig;
+
 typedef struct QueueConfig {
         uint64_t retry_min;             /* usec, first retry delay */
         uint64_t retry_max;             /* usec, backoff cap */
@@ -202,6 +225,11 @@ typedef struct Config {
         size_t n_sender_groups;
         RouteConfig *routes;
         size_t n_routes;
+        HttpsConfig *https;
+        size_t n_https;
+        LdapConfig *ldap;
+        size_t n_ldap;
+        char *admin_group;              /* may change configuration over D-Bus; NULL = root only */
         DestinationConfig *destinations;/* destinations[0] is always "default" */
         size_t n_destinations;
         QueueConfig queue;
@@ -244,3 +272,98 @@ const RouteConfig *config_find_route(const Config *c, const char *domain);
 bool listener_accepts_domain(const ListenerConfig *l, const char *domain);
 /* Effective limits: policy overrides over listener values. */
 void smtp_limits_effective(const ListenerConfig *l, const MailFlowPolicy *p, SmtpLimits *ret);
+
+
+/*
+ * ConfigDocument: the configuration as an editable document (the control
+ * plane's staged changes). It is the libconfig tree of a file; edits are
+ * made on it and checked by rendering it to text and loading that with
+ * config_load_string(), so one parser and one validator serve files,
+ * reloads and commits alike.
+ */
+
+typedef enum ConfigKind {
+        CONFIG_KIND_LISTENER,           /* "listener", list "listeners", key "name" */
+        CONFIG_KIND_POLICY,             /* "policy", "policies", "name" */
+        CONFIG_KIND_SENDER_GROUP,       /* "sendergroup", "sender_groups", "name" */
+        CONFIG_KIND_ROUTE,              /* "route", "routes", "domain" */
+        CONFIG_KIND_DESTINATION,        /* "destination", "destinations", "domain" */
+        CONFIG_KIND_HTTPS,              /* "https", "https_interfaces", "name" */
+        CONFIG_KIND_LDAP,               /* "ldap", "ldap_profiles", "name" */
+        _CONFIG_KIND_MAX,
+        _CONFIG_KIND_INVALID = -EINVAL,
+} ConfigKind;
+
+const char *config_kind_to_string(ConfigKind k);
+ConfigKind config_kind_from_string(const char *s);
+
+typedef enum ConfigValueType {
+        CONFIG_VALUE_UNSET,             /* Set: remove the key (back to its default) */
+        CONFIG_VALUE_STRING,
+        CONFIG_VALUE_INT,
+        CONFIG_VALUE_BOOL,
+        CONFIG_VALUE_STRV,
+        _CONFIG_VALUE_TYPE_MAX,
+} ConfigValueType;
+
+typedef struct ConfigValue {
+        const char *key;                /* file key; "limits.max_line" for nested groups */
+        ConfigValueType type;
+        const char *s;
+        int64_t i;
+        bool b;
+        char * const *strv;             /* NULL-terminated */
+} ConfigValue;
+
+/* How secrets (LdapConfig.bind_password) appear in rendered text. */
+typedef enum ConfigSecrets {
+        CONFIG_SECRETS_KEEP,            /* as they are: the file itself */
+        CONFIG_SECRETS_REDACT,          /* left out */
+        CONFIG_SECRETS_ENCRYPT,         /* "enc:v1:<base64>" (AES-256-GCM, key from PBKDF2-SHA256) */
+} ConfigSecrets;
+
+typedef struct ConfigDocument ConfigDocument;
+
+/* From file text; name is used in messages ("NAME:LINE: ..."). Refuses
+ * text that does not load, and @include. Values "enc:v1:..." are decrypted
+ * with password (NULL: refused with -EKEYREJECTED when any is present;
+ * wrong password or altered value: -EKEYREJECTED). An unedited document
+ * renders (KEEP) as the text it was made from, comments included. */
+int config_document_new(const char *text, const char *name, const char *password,
+                        ConfigDocument **ret, char **ret_error);
+/* The document of an in-memory Config (for built-in defaults). */
+int config_document_from_config(const Config *c, ConfigDocument **ret);
+ConfigDocument *config_document_free(ConfigDocument *d);
+static inline void config_document_freep(ConfigDocument **d) {
+        if (*d)
+                config_document_free(*d);
+}
+int config_document_copy(const ConfigDocument *d, ConfigDocument **ret);
+
+int config_document_to_text(const ConfigDocument *d, ConfigSecrets secrets, const char *password, char **ret);
+/* Renders and loads: the Config this document describes, or the problems. */
+int config_document_load(const ConfigDocument *d, const char *name, Config **ret, char **ret_error);
+
+/* Each edit is all-or-nothing and leaves the document valid: it is applied
+ * to a copy, loaded, and only then kept; else *ret_error says why
+ * ("listener 'x': port 70000 out of range 1..65535", one problem per line,
+ * without a FILE:LINE prefix: the lines of a rendering mean nothing to the
+ * caller) and nothing changed. The key naming the object ("name",
+ * "domain") cannot be set; a listener's certificate/certificates and a
+ * route's hosts/maildir replace each other.
+ * -EEXIST / -ENOENT for names that exist / do not; -EBUSY for a delete of
+ * an object that is referenced (a policy used by a sender group). */
+int config_document_add(ConfigDocument *d, ConfigKind kind, const char *name,
+                        const ConfigValue *values, size_t n_values, char **ret_error);
+int config_document_set(ConfigDocument *d, ConfigKind kind, const char *name,
+                        const ConfigValue *values, size_t n_values, char **ret_error);
+int config_document_delete(ConfigDocument *d, ConfigKind kind, const char *name, char **ret_error);
+/* Top-level keys and groups ("hostname", "tls_client.ca_file", "queue.retry_min"). */
+int config_document_set_global(ConfigDocument *d, const ConfigValue *values, size_t n_values,
+                               char **ret_error);
+
+/* Where the configuration uses a certificate: a NULL-terminated list of
+ * places ("listener inbound", "tls_client", "https admin", "ldap corp");
+ * listeners without certificates count as users of "demo". Returns the
+ * number of places. */
+int config_certificate_users(const Config *c, const char *certificate, char ***ret_places);

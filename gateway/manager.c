@@ -17,10 +17,12 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "bus.h"
 #include "listener.h"
 #include "log.h"
 #include "manager.h"
 #include "route.h"
+#include "staging.h"
 #include "tls-contexts.h"
 #include "tls.h"
 #include "util/macro.h"
@@ -165,6 +167,10 @@ int manager_new(Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
+
+        /* The bus first: its handlers and slots point into the manager. */
+        bus_close(m);
+        m->staging = staging_free(m->staging);
 
         for (size_t i = 0; i < m->n_workers; i++)
                 worker_exit(m->workers[i]);
@@ -640,6 +646,15 @@ int manager_start(Manager *m) {
                 return r;
         (void) sd_event_source_set_enabled(m->status_timer, SD_EVENT_ON);
 
+        r = staging_new(m, &m->staging);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up staged configuration changes (history in %s/history): %m",
+                                       m->config->state_dir);
+        /* Last: once the name is ours, gwctl may ask for anything above. */
+        r = bus_open(m);
+        if (r < 0)
+                return r;
+
         log_info("tlsgwd %s started: %zu listeners, %zu workers, spool %s, %zu messages recovered",
                  PACKAGE_VERSION, m->config->n_listeners, m->n_workers, spool_dir, queue_n_messages(m->queue));
         manager_update_status(m);
@@ -819,7 +834,16 @@ int manager_refresh_tls(Manager *m, char **ret_error) {
         return 0;
 }
 
+static void manager_set_reloading(Manager *m, bool b) {
+        m->reloading = b;
+        bus_manager_emit_changed(m, "State");
+}
+
 int manager_reload(Manager *m) {
+        return manager_reload_config(m, NULL);
+}
+
+int manager_reload_config(Manager *m, char **ret_error) {
         _cleanup_free_ char *error = NULL;
         Config *c = NULL;
         int r;
@@ -830,11 +854,16 @@ int manager_reload(Manager *m) {
         }
 
         (void) sd_notify(false, "RELOADING=1");
+        manager_set_reloading(m, true);
         r = config_load(m->config_path, &c, &error);
         if (r < 0) {
                 if (error)
                         log_error("%s", error);
                 log_error_errno(r, "Reload refused: %s is not valid; the running configuration stays.", m->config_path);
+                if (ret_error && asprintf(ret_error, "Reload refused, the running configuration stays: %s",
+                                          error ?: strerror(-r)) < 0)
+                        *ret_error = NULL;
+                manager_set_reloading(m, false);
                 (void) sd_notify(false, "READY=1");
                 return r;
         }
@@ -845,10 +874,22 @@ int manager_reload(Manager *m) {
          * for new handshakes, established sessions keep their context. */
         r = manager_apply_config(m, c, &error);
         config_unref(c);
-        if (r < 0)
+        if (r < 0) {
                 log_error_errno(r, "Reload refused: %s; the running configuration stays.", error ?: "cannot apply it");
-        else
+                if (ret_error && asprintf(ret_error, "Reload refused, the running configuration stays: %s",
+                                          error ?: strerror(-r)) < 0)
+                        *ret_error = NULL;
+        } else {
                 log_info("Configuration %s reloaded.", m->config_path);
+                /* The file is the running document again (hand edits
+                 * included); a pending change set stays as it is. */
+                if (m->staging && staging_reloaded(m->staging) < 0)
+                        log_warning("Reload: the staged-changes view of the configuration could not be refreshed.");
+                bus_manager_emit_changed(m, "Listeners");
+                bus_objects_config_changed(m);
+                bus_cert_emit_changed(m, NULL);         /* UsedBy may have changed */
+        }
+        manager_set_reloading(m, false);
         (void) sd_notify(false, "READY=1");
         return r;
 }
@@ -869,6 +910,7 @@ void manager_stop(Manager *m) {
                 return;
         m->stopping = true;
         (void) sd_notify(false, "STOPPING=1");
+        bus_manager_emit_changed(m, "State");
         log_info("Stopping: no new connections, draining %" PRIu64 " sessions.", m->n_sessions);
 
         for (Listener *l = m->listeners; l; l = l->next)

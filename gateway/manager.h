@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
 #include "certstore.h"
@@ -27,6 +28,7 @@ typedef struct Worker Worker;
 typedef struct IpCount IpCount;
 typedef struct TlsContexts TlsContexts;
 typedef struct AlertMark AlertMark;
+typedef struct Staging Staging;
 
 /* Buckets of the per-client-IP connection table (chained). */
 #define MANAGER_IP_BUCKETS 1024
@@ -57,6 +59,12 @@ typedef struct Manager {
 
         sd_event_source *status_timer;
         sd_event_source *shutdown_timer;
+
+        sd_bus *bus;                    /* NULL: no system bus (mail is relayed anyway) */
+        Staging *staging;               /* pending change set, history */
+        uint32_t config_version;        /* history version running, 0 = not a committed one */
+
+        bool reloading;                 /* inside manager_reload(), for the State property */
         bool stopping;
         bool aborting;
         char *last_status;
@@ -92,6 +100,8 @@ int manager_refresh_tls(Manager *m, char **ret_error);
 
 /* SIGHUP: re-read, validate, apply; a bad file keeps the running config. */
 int manager_reload(Manager *m);
+/* The same, for the bus: *ret_error (may be NULL) says why it was refused. */
+int manager_reload_config(Manager *m, char **ret_error);
 /* SIGTERM: stop accepting, drain sessions within shutdown_timeout. */
 void manager_stop(Manager *m);
 

@@ -1353,3 +1353,150 @@ size_t queue_n_messages(const Queue *q) {
 size_t queue_n_active(const Queue *q) {
         return q->n_active;
 }
+
+/* ---- administration ---- */
+
+static const char *rcpt_state_name(QueueRcptState s) {
+        switch (s) {
+        case QUEUE_RCPT_PENDING:
+                return "pending";
+        case QUEUE_RCPT_ACTIVE:
+                return "active";
+        case QUEUE_RCPT_DELIVERED:
+                return "delivered";
+        case QUEUE_RCPT_BOUNCED:
+                return "bounced";
+        }
+        return "unknown";
+}
+
+static Message *queue_find_message(Queue *q, uint64_t mid) {
+        for (Message *m = q->messages_head; m; m = m->next)
+                if (m->env.mid == mid)
+                        return m;
+        return NULL;
+}
+
+/* One message in the public view; rcpts is scratch space for n_rcpts. */
+static int queue_describe(const Message *m, QueueRcptInfo *rcpts,
+                          int (*cb)(const QueueMessageInfo *info, void *userdata), void *userdata) {
+        QueueMessageInfo info = {
+                .mid = m->env.mid,
+                .sender = m->env.sender ?: "",
+                .arrival = m->env.arrival_usec,
+                .size = m->data_size,
+                .rcpts = rcpts,
+                .n_rcpts = m->env.n_rcpts,
+        };
+
+        for (size_t i = 0; i < m->env.n_rcpts; i++) {
+                const QueueRcpt *r = &m->rcpts[i];
+
+                rcpts[i] = (QueueRcptInfo) {
+                        .address = m->env.rcpts[i] ?: "",
+                        .state = rcpt_state_name(r->state),
+                        .attempts = r->attempts,
+                        /* Only a waiting recipient has a next attempt; 0
+                         * there means "due now". */
+                        .next_attempt = r->state == QUEUE_RCPT_PENDING ? r->next_attempt : 0,
+                        .last_reply = r->last_reply,
+                };
+        }
+        return cb(&info, userdata);
+}
+
+static int message_cmp(const void *a, const void *b) {
+        const Message *x = *(Message * const *) a, *y = *(Message * const *) b;
+
+        return x->env.mid < y->env.mid ? -1 : x->env.mid > y->env.mid;
+}
+
+int queue_foreach(Queue *q, int (*cb)(const QueueMessageInfo *info, void *userdata), void *userdata) {
+        _cleanup_free_ Message **list = NULL;
+        _cleanup_free_ QueueRcptInfo *rcpts = NULL;
+        size_t n = 0, max_rcpts = 1;
+        int k;
+
+        if (!q || !cb)
+                return -EINVAL;
+        if (q->n_messages == 0)
+                return 0;
+
+        /* A snapshot: the callback must not change the queue, but the
+         * list is ordered by MID (recovery and DSNs append out of order). */
+        list = calloc(q->n_messages, sizeof *list);
+        if (!list)
+                return -ENOMEM;
+        for (Message *m = q->messages_head; m && n < q->n_messages; m = m->next) {
+                list[n++] = m;
+                max_rcpts = MAX(max_rcpts, m->env.n_rcpts);
+        }
+        qsort(list, n, sizeof *list, message_cmp);
+
+        rcpts = calloc(max_rcpts, sizeof *rcpts);
+        if (!rcpts)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                k = queue_describe(list[i], rcpts, cb, userdata);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
+int queue_get(Queue *q, uint64_t mid, int (*cb)(const QueueMessageInfo *info, void *userdata), void *userdata) {
+        _cleanup_free_ QueueRcptInfo *rcpts = NULL;
+        Message *m;
+
+        if (!q || !cb)
+                return -EINVAL;
+        m = queue_find_message(q, mid);
+        if (!m)
+                return -ENOENT;
+        rcpts = calloc(MAX(m->env.n_rcpts, (size_t) 1), sizeof *rcpts);
+        if (!rcpts)
+                return -ENOMEM;
+        return queue_describe(m, rcpts, cb, userdata);
+}
+
+int queue_delete(Queue *q, uint64_t mid) {
+        Message *m;
+        int k;
+
+        if (!q)
+                return -EINVAL;
+        m = queue_find_message(q, mid);
+        if (!m)
+                return -ENOENT;
+        /* A worker holds the spool fd and will report outcomes for these
+         * recipients: the message must outlive that job. */
+        for (size_t i = 0; i < m->env.n_rcpts; i++)
+                if (m->rcpts[i].state == QUEUE_RCPT_ACTIVE)
+                        return -EBUSY;
+        /* Still on a bounce round's list? Only during queue_finish_round(),
+         * which never yields to the loop: cannot be the case here. */
+        assert(!m->touched);
+
+        k = spool_remove(q->spool, mid);
+        if (k < 0 && k != -ENOENT)
+                return k;
+        log_mid_finished(mid, "deleted");
+        message_free(m);        /* unlinks its pending recipients */
+        queue_kick(q);          /* empty destinations are reaped by the pass */
+        return 0;
+}
+
+size_t queue_flush_count(Queue *q) {
+        uint64_t now;
+        size_t n = 0;
+
+        if (!q)
+                return 0;
+        now = queue_now(q);
+        for (Destination *d = q->destinations; d; d = d->next)
+                for (QueueRcpt *r = d->pending_head; r; r = r->dest_next)
+                        if (r->next_attempt > now)
+                                n++;
+        queue_flush(q);
+        return n;
+}

@@ -62,5 +62,37 @@ void queue_flush(Queue *q);
 /* Stops starting new jobs (shutdown); jobs in flight still complete. */
 void queue_stop(Queue *q);
 
+/* ---- administration ---- */
+
+typedef struct QueueRcptInfo {
+        const char *address;
+        const char *state;              /* "pending", "active", "delivered", "bounced" */
+        unsigned attempts;
+        uint64_t next_attempt;          /* usec since the epoch, 0 = none */
+        const char *last_reply;         /* may be NULL */
+} QueueRcptInfo;
+
+typedef struct QueueMessageInfo {
+        uint64_t mid;
+        const char *sender;
+        uint64_t arrival;               /* usec since the epoch */
+        uint64_t size;
+        const QueueRcptInfo *rcpts;
+        size_t n_rcpts;
+} QueueMessageInfo;
+
+/* Calls cb for every queued message in MID order (the pointers are valid
+ * during the call only). A negative return from cb stops and is returned. */
+int queue_foreach(Queue *q, int (*cb)(const QueueMessageInfo *info, void *userdata), void *userdata);
+/* One message; -ENOENT when it is not queued. */
+int queue_get(Queue *q, uint64_t mid, int (*cb)(const QueueMessageInfo *info, void *userdata), void *userdata);
+/* Removes a message from the queue and the spool without a bounce
+ * (logged "Message finished MID n deleted").
+ * -ENOENT unknown, -EBUSY while a delivery of it is in progress. */
+int queue_delete(Queue *q, uint64_t mid);
+/* queue_flush(), returning the number of recipients it made due (those
+ * waiting for a retry time in the future). */
+size_t queue_flush_count(Queue *q);
+
 size_t queue_n_messages(const Queue *q);
 size_t queue_n_active(const Queue *q);  /* jobs out with workers */

@@ -111,6 +111,7 @@ typedef struct Client {
         char iface[INET6_ADDRSTRLEN];
         char *last_reason;              /* for DEFERRED when all targets fail */
         bool began;                     /* a MAIL was sent on this connection */
+        bool greeted;                   /* a 2xx greeting on this connection (probe) */
         bool need_rset;                 /* a transaction may be open */
 
         /* ESMTP (RFC 5321 4.1.1.1) */
@@ -161,6 +162,17 @@ static void client_free(Client *c) {
         free(c);
 }
 
+static void delivery_probe_done(DeliveryProbe *p) {
+        free(p->host);
+        free(p->protocol);
+        free(p->cipher);
+        free(p->verify_error);
+        strv_free(p->names);
+        strv_free(p->chain);
+        free(p->error);
+        *p = (DeliveryProbe) {};
+}
+
 void delivery_job_free(DeliveryJob *j) {
         if (!j)
                 return;
@@ -182,6 +194,7 @@ void delivery_job_free(DeliveryJob *j) {
         free(j->maildir);
         SSL_CTX_free(j->tls_ctx);
         free(j->tls_failure_details);
+        delivery_probe_done(&j->probe_result);
         free(j);
 }
 
@@ -531,6 +544,14 @@ static int client_next_target(Client *c, const char *text) {
         free(c->last_reason);
         c->last_reason = strdup(text);
 
+        /* A probe reports what went wrong with the server that answered,
+         * rather than hiding it behind the next one. */
+        bool probe_stop = c->job->probe && c->greeted;
+        if (c->job->probe) {
+                free(c->job->probe_result.error);
+                c->job->probe_result.error = strdup(text);
+        }
+
         /* Courtesy QUIT, not waited for (RFC 5321 3.1); never in clear
          * once the server expects a handshake, and not into a TLS stream
          * that is not up. */
@@ -539,6 +560,10 @@ static int client_next_target(Client *c, const char *text) {
                 buf_clear(&c->out);
                 if (client_send(c, "QUIT\r\n") >= 0)
                         (void) transport_write(c);
+        }
+        if (probe_stop) {
+                client_finish(c);
+                return 0;
         }
         client_close_connection(c);
         c->target++;
@@ -621,6 +646,21 @@ static int client_connection_failed(Client *c, const char *what) {
 
 static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
 
+/* A probe starts over on each target: what it reports is the last one. */
+static int client_probe_target(Client *c) {
+        DeliveryProbe *p = &c->job->probe_result;
+        const ResolvedTarget *t = client_target(c);
+
+        delivery_probe_done(p);
+        p->host = strdup(t->host ?: "");
+        if (!p->host)
+                return -ENOMEM;
+        snprintf(p->address, sizeof p->address, "%s", c->peer);
+        p->port = sockaddr_port((const struct sockaddr *) &t->addr);
+        c->job->ktls_tx = c->job->ktls_rx = false;
+        return 0;
+}
+
 static int client_connect_next(Client *c) {
         DeliveryJob *j = c->job;
         int r;
@@ -630,9 +670,14 @@ static int client_connect_next(Client *c) {
                 _cleanup_close_ int fd = -EBADF;
 
                 c->iface[0] = '\0';
-                c->began = c->need_rset = c->pipelining = false;
+                c->began = c->need_rset = c->pipelining = c->greeted = false;
                 c->size_max = 0;
                 (void) sockaddr_to_string((const struct sockaddr *) &t->addr, c->peer, sizeof(c->peer));
+                if (j->probe) {
+                        r = client_probe_target(c);
+                        if (r < 0)
+                                return r;
+                }
 
                 fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
                 if (fd < 0)
@@ -662,6 +707,8 @@ static int client_connect_next(Client *c) {
         }
 
         /* Every target failed: nothing was attempted on any connection. */
+        if (j->probe && !j->probe_result.error)
+                j->probe_result.error = strdup(c->last_reason ?: "451 4.4.1 no target to connect to");
         defer_all_pending(c, c->last_reason ?: "451 4.4.1 no target to connect to");
         client_finish(c);
         return 0;
@@ -952,6 +999,31 @@ static int client_tls_handshake_failed(Client *c, const char *details) {
         return client_tls_failed(c, DELIVERY_TLS_HANDSHAKE, details);
 }
 
+/* A probe's record of the session, whatever the mode asks for. */
+static int client_probe_tls(Client *c) {
+        DeliveryProbe *p = &c->job->probe_result;
+        const char *host = client_target(c)->host;
+        const char *names[2] = { c->job->domain, host };
+        size_t n_names = isempty(host) || is_ip_literal(host) ? 1 : 2;
+        const char *e;
+        int r;
+
+        p->tls = true;
+        p->protocol = strdup(tls_session_protocol(c->tls) ?: "");
+        p->cipher = strdup(tls_session_cipher(c->tls) ?: "");
+        if (!p->protocol || !p->cipher)
+                return -ENOMEM;
+        p->verified = tls_session_peer_verified(c->tls);
+        e = p->verified ? NULL : tls_session_verify_error(c->tls) ?: "no certificate";
+        if (e && !(p->verify_error = strdup(e)))
+                return -ENOMEM;
+        p->name_match = tls_session_check_name(c->tls, names, n_names);
+        r = tls_session_peer_names(c->tls, &p->names);
+        if (r >= 0)
+                r = tls_session_peer_chain(c->tls, &p->chain);
+        return r;
+}
+
 /* The handshake is done: check the peer as the mode asks, then EHLO again. */
 static int client_tls_established(Client *c) {
         DeliveryJob *j = c->job;
@@ -963,6 +1035,11 @@ static int client_tls_established(Client *c) {
         j->tls_used = true;
         j->ktls_tx = tls_session_ktls_tx(c->tls);
         j->ktls_rx = tls_session_ktls_rx(c->tls);
+        if (j->probe) {
+                r = client_probe_tls(c);
+                if (r < 0)
+                        return r;
+        }
 
         if (tls_mode_verifies(j->tls_mode)) {
                 const char *host = client_target(c)->host;
@@ -1028,7 +1105,8 @@ static int client_tls_start(Client *c) {
         }
 
         r = tls_session_new(j->tls_ctx, c->fd, false, client_tls_server_name(c),
-                            tls_mode_verifies(j->tls_mode) ? TLS_VERIFY_OPTIONAL : TLS_VERIFY_NONE, &c->tls);
+                            tls_mode_verifies(j->tls_mode) || j->probe ? TLS_VERIFY_OPTIONAL : TLS_VERIFY_NONE,
+                            &c->tls);
         if (r < 0) {
                 _cleanup_free_ char *e = reason_new("cannot set up a TLS session: %s", strerror(-r));
                 return client_tls_handshake_failed(c, e ?: "cannot set up a TLS session");
@@ -1046,7 +1124,11 @@ static int client_tls_after_ehlo(Client *c, const SmtpReply *reply) {
         DeliveryJob *j = c->job;
         int r;
 
-        if (c->tls_up || j->tls_mode == TLS_OUT_NONE)
+        if (c->tls_up)
+                return 0;
+        if (j->probe)
+                j->probe_result.starttls = smtp_reply_has_extension(reply, "STARTTLS", NULL);
+        if (j->tls_mode == TLS_OUT_NONE)
                 return 0;
         if (!smtp_reply_has_extension(reply, "STARTTLS", NULL)) {
                 if (tls_mode_required(j->tls_mode))
@@ -1089,6 +1171,10 @@ static int client_handle_starttls(Client *c, const SmtpReply *reply, const char 
         if (tls_mode_required(c->job->tls_mode))
                 return client_tls_failed(c, DELIVERY_TLS_REFUSED, text);
 
+        if (c->job->probe) {
+                free(c->job->probe_result.error);
+                c->job->probe_result.error = reason_new("%s: %s", DELIVERY_TLS_REFUSED, text);
+        }
         /* Nothing changed on the connection: the first EHLO still holds. */
         client_tls_policy_met(c);
         return client_next_message(c);
@@ -1117,6 +1203,7 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
         case CLIENT_GREETING:
                 if (reply->code < 200 || reply->code >= 300)
                         return client_target_failed(c, text, "greeting rejected", text);
+                c->greeted = true;
                 r = client_send(c, "EHLO %s\r\n", c->job->helo_name);
                 if (r < 0)
                         return r;
@@ -1424,7 +1511,11 @@ int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done,
             (!job->maildir && job->tls_mode != TLS_OUT_NONE && !job->tls_ctx))
                 return -EINVAL;
 
+        if (job->probe && (job->maildir || job->n_messages > 0))
+                return -EINVAL;
+
         /* The outcome of this attempt only. */
+        delivery_probe_done(&job->probe_result);
         job->tls_failure = NULL;
         job->tls_failure_details = mfree(job->tls_failure_details);
         job->tls_used = job->ktls_tx = job->ktls_rx = job->sendfile_used = false;

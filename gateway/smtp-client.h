@@ -16,6 +16,7 @@
  * Runs on the caller's sd-event loop; never blocks.
  */
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -51,6 +52,23 @@ typedef struct DeliveryMessage {
         size_t n_rcpts;
 } DeliveryMessage;
 
+/* What a probe (DeliveryJob.probe) found on the last target it tried. */
+typedef struct DeliveryProbe {
+        char *host;                     /* MX/route host name ("" for a literal) */
+        char address[INET6_ADDRSTRLEN];
+        uint16_t port;
+        bool starttls;                  /* STARTTLS advertised in the EHLO reply */
+        bool tls;                       /* the handshake completed */
+        char *protocol;                 /* "TLSv1.3" */
+        char *cipher;
+        bool verified;                  /* chain verified (ca_file or system store) */
+        char *verify_error;             /* X509 reason when not verified */
+        bool name_match;                /* RFC 6125 match of the domain or the MX host */
+        char **names;                   /* the peer certificate's DNS SANs (or CN) */
+        char **chain;                   /* subjects as sent by the peer, leaf first */
+        char *error;                    /* NULL when the probe reached QUIT as planned */
+} DeliveryProbe;
+
 typedef struct DeliveryJob {
         uint64_t dcid;
         char *domain;
@@ -76,6 +94,21 @@ typedef struct DeliveryJob {
         char *tls_failure_details;
         /* out: what the last TLS session was (for the queue's log/stats). */
         bool tls_used, ktls_tx, ktls_rx, sendfile_used;
+
+        /* Probe (TlsVerify): no messages (n_messages 0) and no MAIL. The
+         * client connects as a delivery would (targets in order while the
+         * connection or greeting fails), EHLO, STARTTLS when advertised
+         * and tls_mode is not none (the caller turns none into
+         * preferred-verify), handshake with the chain and name always
+         * checked and recorded, EHLO again, QUIT. A failure after the
+         * greeting ends the probe on that target (error says what) rather
+         * than trying the next one. Results in probe_result; ktls_tx/rx
+         * above as usual. probe_done, when set, is how the worker hands
+         * the finished job back on the main loop instead of the queue
+         * (it owns the job from then on). */
+        bool probe;
+        DeliveryProbe probe_result;     /* out */
+        void (*probe_done)(struct DeliveryJob *job);
 } DeliveryJob;
 
 /* Why a TLS policy was not met (the appliance's reasons). */

@@ -1046,3 +1046,50 @@ void smtp_server_abort(SmtpServer *s) {
                 s->state = SESSION_CLOSING;     /* the loop is ending: free now */
         smtp_server_free(s);
 }
+
+/* ---- diagnostics ---- */
+
+static const char *session_state_name(const SmtpServer *s) {
+        switch (s->state) {
+        case SESSION_LOOKUP:
+                return "lookup";
+        case SESSION_COMMAND:
+                return s->in_mail ? "mail" : "command";
+        case SESSION_DATA:
+                return "data";
+        case SESSION_COMMIT:
+                return "commit";
+        case SESSION_STARTTLS:
+                return "starttls";
+        case SESSION_HANDSHAKE:
+                return "handshake";
+        case SESSION_CLOSING:
+                return "closing";
+        }
+        return "unknown";
+}
+
+void smtp_server_info(const SmtpServer *s, SessionInfo *ret) {
+        socklen_t len = sizeof ret->local;
+        /* TLS details only once the handshake is done. */
+        bool tls_up = s->tls && s->state != SESSION_STARTTLS && s->state != SESSION_HANDSHAKE;
+
+        *ret = (SessionInfo) {
+                .icid = s->setup->icid,
+                .state = session_state_name(s),
+                .peer_port = s->peer_port,
+                .fd = s->fd,
+        };
+        snprintf(ret->listener, sizeof ret->listener, "%s", s->setup->listener->name);
+        snprintf(ret->peer, sizeof ret->peer, "%s", s->peer_ip);
+        memcpy(&ret->remote, &s->setup->peer, sizeof ret->remote);
+        if (s->fd < 0 || getsockname(s->fd, (struct sockaddr *) &ret->local, &len) < 0)
+                ret->local.ss_family = AF_UNSPEC;
+        if (tls_up) {
+                snprintf(ret->tls_protocol, sizeof ret->tls_protocol, "%s", tls_session_protocol(s->tls) ?: "");
+                snprintf(ret->tls_cipher, sizeof ret->tls_cipher, "%s", tls_session_cipher(s->tls) ?: "");
+                snprintf(ret->client_cn, sizeof ret->client_cn, "%s", tls_session_peer_cn(s->tls) ?: "");
+                ret->ktls_tx = tls_session_ktls_tx(s->tls);
+                ret->ktls_rx = tls_session_ktls_rx(s->tls);
+        }
+}

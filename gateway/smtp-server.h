@@ -28,3 +28,6 @@ void smtp_server_abort(SmtpServer *s);
 SmtpServer *smtp_server_next(SmtpServer *s);            /* list walk */
 const struct sockaddr_storage *smtp_server_peer(const SmtpServer *s);
 const char *smtp_server_listener(const SmtpServer *s);
+/* A snapshot of the session for the Diagnostics interface (worker thread;
+ * see SessionInfo in worker.h). */
+void smtp_server_info(const SmtpServer *s, SessionInfo *ret);

@@ -865,3 +865,131 @@ bool tls_session_check_name(const TlsSession *t, const char * const *names, size
         ERR_clear_error();
         return match;
 }
+
+/* ---- peer details for diagnostics ---- */
+
+/* A string list that grows by one; keeps the terminating NULL. */
+static int strv_push(char ***l, size_t *n, char *s) {
+        char **m;
+
+        if (!s)
+                return -ENOMEM;
+        m = reallocarray(*l, *n + 2, sizeof *m);
+        if (!m) {
+                free(s);
+                return -ENOMEM;
+        }
+        m[(*n)++] = s;
+        m[*n] = NULL;
+        *l = m;
+        return 0;
+}
+
+/* Control characters from a certificate never reach a caller. */
+static char *cert_text(const char *p, size_t n) {
+        char *s = strndup(p, n);
+
+        for (unsigned char *c = (unsigned char *) s; s && *c; c++)
+                if (*c < 0x20 || *c == 0x7f)
+                        *c = '?';
+        return s;
+}
+
+/* "CN=mx.example.com, O=Example": RFC 4514 order, as the certificate
+ * store prints subjects. */
+static char *peer_name_string(const X509_NAME *name) {
+        unsigned long flags = XN_FLAG_SEP_CPLUS_SPC | XN_FLAG_DN_REV | XN_FLAG_FN_SN |
+                (ASN1_STRFLGS_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+        BIO *b = BIO_new(BIO_s_mem());
+        char *data = NULL, *s;
+        long len;
+
+        if (!b)
+                return NULL;
+        if (X509_NAME_print_ex(b, name, 0, flags) < 0) {
+                ERR_clear_error();
+                BIO_free(b);
+                return strdup("?");
+        }
+        len = BIO_get_mem_data(b, &data);
+        s = cert_text(data ?: "", len > 0 ? (size_t) len : 0);
+        BIO_free(b);
+        return s;
+}
+
+int tls_session_peer_chain(const TlsSession *t, char ***ret_subjects) {
+        STACK_OF(X509) *chain;
+        char **l = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!t || !ret_subjects)
+                return -EINVAL;
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return -ENOMEM;
+        /* On the client side the stack includes the leaf (SSL_get_peer_cert_chain(3)). */
+        chain = t->handshake_done ? SSL_get_peer_cert_chain(t->ssl) : NULL;
+        if (chain && t->server) {
+                X509 *leaf = SSL_get0_peer_certificate(t->ssl);
+
+                if (leaf) {
+                        r = strv_push(&l, &n, peer_name_string(X509_get_subject_name(leaf)));
+                        if (r < 0)
+                                goto fail;
+                }
+        }
+        for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+                r = strv_push(&l, &n, peer_name_string(X509_get_subject_name(sk_X509_value(chain, i))));
+                if (r < 0)
+                        goto fail;
+        }
+        *ret_subjects = l;
+        return 0;
+fail:
+        strv_free(l);
+        return r;
+}
+
+int tls_session_peer_names(const TlsSession *t, char ***ret_names) {
+        GENERAL_NAMES *sans = NULL;
+        X509 *peer;
+        char **l = NULL;
+        size_t n = 0;
+        int r = 0;
+
+        if (!t || !ret_names)
+                return -EINVAL;
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return -ENOMEM;
+        peer = t->handshake_done ? SSL_get0_peer_certificate(t->ssl) : NULL;
+        if (!peer)
+                goto done;
+
+        sans = X509_get_ext_d2i(peer, NID_subject_alt_name, NULL, NULL);
+        for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); i++) {
+                const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+                const ASN1_IA5STRING *d;
+
+                if (g->type != GEN_DNS)
+                        continue;
+                d = g->d.dNSName;
+                r = strv_push(&l, &n, cert_text((const char *) ASN1_STRING_get0_data(d),
+                                                (size_t) ASN1_STRING_length(d)));
+                if (r < 0)
+                        goto done;
+        }
+        /* RFC 6125 6.4.4: the CN counts only without DNS SANs. */
+        if (n == 0 && t->peer_cn[0])
+                r = strv_push(&l, &n, strdup(t->peer_cn));
+done:
+        GENERAL_NAMES_free(sans);
+        ERR_clear_error();
+        if (r < 0) {
+                strv_free(l);
+                return r;
+        }
+        *ret_names = l;
+        return 0;
+}

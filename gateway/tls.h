@@ -102,6 +102,12 @@ const char *tls_session_verify_error(const TlsSession *t);      /* X509 reason o
 const char *tls_session_peer_cn(const TlsSession *t);
 /* RFC 6125 host name match of the peer certificate against any of names. */
 bool tls_session_check_name(const TlsSession *t, const char * const *names, size_t n_names);
+/* For diagnostics (TlsVerify): the subjects of the certificates the peer
+ * sent, leaf first, as "CN=mx.example.com, O=Example"; and the names the
+ * peer certificate is valid for (its DNS SANs, else its subject CN).
+ * NULL-terminated lists, empty when there is no peer certificate. */
+int tls_session_peer_chain(const TlsSession *t, char ***ret_subjects);
+int tls_session_peer_names(const TlsSession *t, char ***ret_names);
 
 /* Tests only: rotates the process-wide ticket keys now (the current key
  * becomes the previous one, the one before is forgotten). */

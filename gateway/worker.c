@@ -181,7 +181,12 @@ void worker_message_received(Worker *w, const Envelope *env, uint64_t size) {
 
 static void call_job_done(void *userdata) {
         WorkerCall *c = userdata;
-        manager_job_done(c->worker->manager, c->job);
+
+        /* A probe (TlsVerify) belongs to whoever started it, not the queue. */
+        if (c->job->probe_done)
+                c->job->probe_done(c->job);
+        else
+                manager_job_done(c->worker->manager, c->job);
         worker_call_free(c);
 }
 
@@ -346,4 +351,120 @@ void worker_exit(Worker *w) {
 
 void worker_session_gone(Worker *w) {
         worker_check_idle(w);
+}
+
+/* ---- session snapshots (Diagnostics) ---- */
+
+/* One collection round; lives on the main thread (only its closures run
+ * on workers, and they touch nothing of it but the pointer). */
+typedef struct SessionCollect {
+        worker_sessions_fn_t cb;
+        void *userdata;
+        size_t pending;                 /* workers yet to answer */
+        SessionInfo *infos;
+        size_t n_infos;
+        bool failed;                    /* out of memory on the way: report what we have */
+} SessionCollect;
+
+typedef struct SessionAnswer {
+        SessionCollect *collect;
+        Worker *worker;
+        SessionInfo *infos;
+        size_t n;
+        bool failed;
+} SessionAnswer;
+
+static void session_collect_finish(SessionCollect *sc) {
+        if (sc->failed)
+                log_debug("Session snapshot incomplete: out of memory");
+        sc->cb(sc->infos, sc->n_infos, sc->userdata);
+        free(sc->infos);
+        free(sc);
+}
+
+/* Main thread: one worker's answer. */
+static void call_sessions_answer(void *userdata) {
+        SessionAnswer *a = userdata;
+        SessionCollect *sc = a->collect;
+
+        if (a->failed)
+                sc->failed = true;
+        if (a->n > 0) {
+                SessionInfo *n = reallocarray(sc->infos, sc->n_infos + a->n, sizeof *n);
+
+                if (n) {
+                        memcpy(n + sc->n_infos, a->infos, a->n * sizeof *n);
+                        sc->infos = n;
+                        sc->n_infos += a->n;
+                } else
+                        sc->failed = true;
+        }
+        free(a->infos);
+        free(a);
+
+        assert(sc->pending > 0);
+        if (--sc->pending == 0)
+                session_collect_finish(sc);
+}
+
+/* Worker thread: snapshot of this loop's sessions, posted back. */
+static void call_sessions_snapshot(void *userdata) {
+        SessionAnswer *a = userdata;
+        Worker *w = a->worker;
+        size_t n = 0;
+
+        for (SmtpServer *s = w->sessions; s; s = smtp_server_next(s))
+                n++;
+        if (n > 0) {
+                a->infos = calloc(n, sizeof *a->infos);
+                if (a->infos) {
+                        for (SmtpServer *s = w->sessions; s && a->n < n; s = smtp_server_next(s))
+                                smtp_server_info(s, &a->infos[a->n++]);
+                } else
+                        a->failed = true;
+        }
+        if (mailbox_post(w->manager_mailbox, call_sessions_answer, a) < 0) {
+                /* The main loop is gone: nobody is waiting any more. */
+                free(a->infos);
+                free(a);
+        }
+}
+
+int worker_collect_sessions(Worker * const *workers, size_t n_workers, worker_sessions_fn_t cb, void *userdata) {
+        SessionCollect *sc;
+        size_t asked = 0;
+
+        if (!cb || (n_workers > 0 && !workers))
+                return -EINVAL;
+        sc = calloc(1, sizeof *sc);
+        if (!sc)
+                return -ENOMEM;
+        sc->cb = cb;
+        sc->userdata = userdata;
+        /* Counted up front: an answer cannot arrive before this returns
+         * (it comes through the main loop), but keep it obviously so. */
+        sc->pending = n_workers + 1;
+
+        for (size_t i = 0; i < n_workers; i++) {
+                SessionAnswer *a = calloc(1, sizeof *a);
+
+                if (a) {
+                        a->collect = sc;
+                        a->worker = workers[i];
+                        if (mailbox_post(workers[i]->mailbox, call_sessions_snapshot, a) >= 0) {
+                                asked++;
+                                continue;
+                        }
+                        free(a);
+                }
+                sc->failed = true;
+                sc->pending--;
+        }
+        if (asked == 0 && n_workers > 0) {
+                free(sc);
+                return -ENOMEM;
+        }
+        if (--sc->pending == 0)
+                session_collect_finish(sc);
+        return 0;
 }

@@ -66,6 +66,44 @@ typedef struct SessionSetup {
         socklen_t peerlen;
 } SessionSetup;
 
+/* One inbound session as the Diagnostics interface shows it: plain
+ * copies, made on the session's worker, so it can cross to the main
+ * thread. Texts are truncated to their buffers. */
+#define SESSION_INFO_NAME_MAX 64        /* listener names are short identifiers */
+#define SESSION_INFO_PROTOCOL_MAX 16    /* "TLSv1.3" */
+#define SESSION_INFO_CIPHER_MAX 64      /* OpenSSL/IANA suite names are < 50 */
+#define SESSION_INFO_CN_MAX 65          /* RFC 5280 ub-common-name 64, + NUL */
+
+typedef struct SessionInfo {
+        uint64_t icid;
+        char listener[SESSION_INFO_NAME_MAX];
+        const char *state;              /* static: "lookup", "command", "mail", "data",
+                                         * "commit", "starttls", "handshake", "closing" */
+        char peer[INET6_ADDRSTRLEN];
+        uint16_t peer_port;
+        char tls_protocol[SESSION_INFO_PROTOCOL_MAX];   /* "" without TLS */
+        char tls_cipher[SESSION_INFO_CIPHER_MAX];
+        char client_cn[SESSION_INFO_CN_MAX];            /* "" without a client certificate */
+        bool ktls_tx, ktls_rx;
+        /* The socket as the kernel knows it: the fd (valid on the worker
+         * only, while the session lives) and its 4-tuple, which stays
+         * meaningful after the hop to the main thread (sockdiag.h). */
+        int fd;
+        struct sockaddr_storage local;  /* ss_family AF_UNSPEC when unknown */
+        struct sockaddr_storage remote;
+} SessionInfo;
+
+/* Called on the main loop with every worker's sessions (the array is
+ * freed after the call returns; n may be 0). */
+typedef void (*worker_sessions_fn_t)(const SessionInfo *infos, size_t n, void *userdata);
+
+/* Main thread: asks every worker for a snapshot of its sessions and calls
+ * cb once all of them answered. With no workers cb runs before this
+ * returns. A worker whose loop has already exited never answers (only at
+ * shutdown). Returns negative errno when nothing was asked (cb not
+ * called). */
+int worker_collect_sessions(Worker * const *workers, size_t n_workers, worker_sessions_fn_t cb, void *userdata);
+
 int worker_new(Manager *m, unsigned index, Mailbox *manager_mailbox, Spool *spool,
                char * const *dns_servers, Worker **ret);
 int worker_start(Worker *w);

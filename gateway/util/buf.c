@@ -40,8 +40,9 @@ int buf_reserve(Buf *b, size_t n) {
                         return 0;
         }
 
-        size_t want = MAX(len + n, (size_t) BUF_MIN_ALLOC);
-        size_t newcap = MAX(b->cap, (size_t) BUF_MIN_ALLOC);
+        /* The first allocation is BUF_MIN_ALLOC, or max if that is smaller. */
+        size_t want = len + n;
+        size_t newcap = MAX(b->cap, MIN((size_t) BUF_MIN_ALLOC, b->max));
         while (newcap < want)
                 newcap = newcap > SIZE_MAX / 2 ? want : newcap * 2;
         newcap = MIN(newcap, b->max);

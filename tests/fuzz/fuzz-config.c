@@ -4,7 +4,10 @@
  * A text is either refused with -EINVAL and a "fuzz..." message and no
  * Config, or loaded into a Config that keeps the promises of config.h:
  * at least one listener, policies resolved, "default" destination first,
- * lowercase domains, validation idempotent. Aborts when one breaks.
+ * lowercase domains, validation idempotent. A text that loads also makes
+ * a ConfigDocument, and a few edits on it keep their promise: a refused
+ * edit leaves the document byte for byte as it was, an accepted one leaves
+ * a document that loads. Aborts when one breaks.
  */
 
 #include <netinet/in.h>
@@ -86,6 +89,58 @@ static void check_config(Config *c) {
         check(config_validate(c, &err) == 0 && !err);
 }
 
+static char *doc_text(const ConfigDocument *d) {
+        char *t = NULL;
+
+        check(config_document_to_text(d, CONFIG_SECRETS_KEEP, NULL, &t) == 0 && t);
+        return t;
+}
+
+static void check_loads(const ConfigDocument *d) {
+        Config *c = NULL;
+
+        check(config_document_load(d, FUZZ_NAME, &c, NULL) == 0 && c);
+        config_unref(c);
+}
+
+static void check_document(const char *text, const Config *c) {
+        _cleanup_free_ char *before = NULL, *after = NULL, *err = NULL, *redacted = NULL;
+        ConfigDocument *d = NULL;
+        int r;
+
+        r = config_document_new(text, FUZZ_NAME, NULL, &d, &err);
+        check(r == 0 && d && !err);
+        before = doc_text(d);
+        check(streq(before, text));
+
+        /* A refused edit changes nothing. */
+        r = config_document_set(d, CONFIG_KIND_LISTENER, c->listeners[0].name,
+                                &(ConfigValue) { "port", CONFIG_VALUE_INT, .i = 0 }, 1, &err);
+        check(r == -EINVAL && err);
+        err = mfree(err);
+        after = doc_text(d);
+        check(streq(before, after));
+        after = mfree(after);
+
+        /* An accepted one keeps a document that loads, through
+         * libconfig's writer. */
+        r = config_document_add(d, CONFIG_KIND_POLICY, "FUZZ-POLICY",
+                                &(ConfigValue) { "action", CONFIG_VALUE_STRING, .s = "reject" }, 1, &err);
+        if (r == 0) {
+                check_loads(d);
+                check(config_document_delete(d, CONFIG_KIND_POLICY, "FUZZ-POLICY", &err) == 0);
+                check_loads(d);
+        } else
+                check(r == -EEXIST || r == -EINVAL);
+        err = mfree(err);
+        r = config_document_set_global(d, &(ConfigValue) { "workers", CONFIG_VALUE_INT, .i = 2 }, 1, &err);
+        check(r == 0 || r == -EINVAL);
+        err = mfree(err);
+        check_loads(d);
+        check(config_document_to_text(d, CONFIG_SECRETS_REDACT, NULL, &redacted) == 0 && redacted);
+        config_document_free(d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         _cleanup_free_ char *text = NULL, *err = NULL;
         Config *c = NULL;
@@ -111,6 +166,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
         check(c && !err);
         check_config(c);
+        check_document(text, c);
         config_unref(c);
         return 0;
 }

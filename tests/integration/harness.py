@@ -12,11 +12,14 @@ What it provides to the test_*.py programs:
     NOTIFY_SOCKET it reads, and offers reload/stop/kill9/restart;
   - free loopback ports and a raw SMTP client that sends exact bytes and
     parses (multi-line) replies;
+  - a private system bus (dbus-daemon with the project's own policy file
+    from units/) per test file, Gateway(bus=True) to put the daemon on it,
+    and gwctl()/busctl() runners that reach it, as root or as "nobody";
   - TAP output: @case registry, "ok N - name", diagnostics as "# ...",
     "# SKIP reason", the plan at the end, exit status 1 on any failure.
 
-What it does not do: it never changes the host's journald, never binds
-port 25 and never needs network access beyond 127.0.0.1.
+What it does not do: it never changes the host's journald or system bus,
+never binds port 25 and never needs network access beyond 127.0.0.1.
 """
 
 import json
@@ -397,11 +400,16 @@ class Gateway:
         activation: None = the daemon binds its listeners itself; or a list
         of listener names to pass as sockets (in that order, which tests make
         differ from the config order); listener ports come from `ports`.
+        bus: put the daemon on the private system bus of this test file and
+        wait, after READY=1, until it owns org.tlsgw.Gateway1. Without it
+        the daemon gets a bus address where nothing listens, so no test
+        ever reaches the host's system bus.
         """
 
         def __init__(self, ctx, config=None, ports=None, activation=None, log_level="debug",
-                     state_dir=None, wait_ready=True):
+                     state_dir=None, wait_ready=True, bus=False):
                 self.ctx = ctx
+                self.bus = private_bus() if bus else None
                 self.dir = tempfile.mkdtemp(prefix="gw-", dir=ctx.workdir)
                 self.state_dir = state_dir or os.path.join(self.dir, "state")
                 os.makedirs(self.state_dir, exist_ok=True)
@@ -460,6 +468,8 @@ class Gateway:
                 env = {k: v for k, v in os.environ.items()
                        if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET")}
                 env["NOTIFY_SOCKET"] = self.notify.path
+                env["DBUS_SYSTEM_BUS_ADDRESS"] = (self.bus.address if self.bus else
+                                                  "unix:path=" + os.path.join(self.dir, "no-system-bus"))
                 env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
                 env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
                 argv = [TLSGWD] + (["--config", self.config_path] if self.use_config else [])
@@ -504,6 +514,16 @@ class Gateway:
                         raise GatewayError(f"tlsgwd did not send READY=1 within {timeout}s "
                                            f"({'still running' if alive else f'exited {self.proc.returncode}'})"
                                            f"\nstderr:\n{self.stderr_tail()}\njournal:\n{self.journal_tail()}")
+                if self.bus:
+                        self.wait_bus_name(timeout)
+
+        def wait_bus_name(self, timeout=READY_TIMEOUT):
+                """Waits until this process (not an earlier one) owns the bus name."""
+                if not wait_until(lambda: self.bus.name_owner_pid(BUS_NAME) == self.proc.pid, timeout, 0.1):
+                        raise GatewayError(f"tlsgwd (pid {self.proc.pid}) did not take {BUS_NAME} on the "
+                                           f"private bus within {timeout}s (owner pid: "
+                                           f"{self.bus.name_owner_pid(BUS_NAME)})\nstderr:\n{self.stderr_tail()}"
+                                           f"\nbus log:\n{self.bus.log_tail()}")
 
         def running(self):
                 return self.proc is not None and self.proc.poll() is None
@@ -618,6 +638,508 @@ class Gateway:
 def fcntl_dupfd(fd, minfd):
         import fcntl
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, minfd)
+
+
+# ------------------------------------------------------------ system bus --
+
+BUS_NAME = "org.tlsgw.Gateway1"
+BUS_PATH = "/org/tlsgw/Gateway1"
+# The policy file that the project installs into /usr/share/dbus-1/system.d/;
+# the private bus includes a copy of exactly this file.
+BUS_POLICY = os.path.join(SOURCE_ROOT, "units", "org.tlsgw.Gateway1.conf")
+DBUS_DAEMON = "dbus-daemon"
+# How long dbus-daemon may take to print its address.
+BUS_START_TIMEOUT = 10.0
+# meson test sets GWCTL; by hand, the default build directory's gwctl.
+GWCTL = os.environ.get("GWCTL") or os.path.join(SOURCE_ROOT, "build", "ctl", "gwctl")
+# Longest a single gwctl/busctl run may take (a commit rebuilds TLS contexts;
+# sanitizer builds are slow).
+CTL_TIMEOUT = 60.0
+# The unprivileged caller of the deny cases, as setpriv(1) names it.
+NOBODY = ("nobody", "nogroup")
+_SANITIZER_RX = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:")
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={socket}</listen>
+  <!-- The default policy of Debian's system.conf: everyone may connect, but
+       owning names and calling methods must be opened by a service's own
+       policy file; so what the tests exercise is the project's file. -->
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <includedir>{policydir}</includedir>
+</busconfig>
+"""
+
+
+class PrivateBus:
+        """A dbus-daemon of type system on a socket in the work directory,
+        with the project's policy file and nothing else of the host's."""
+
+        def __init__(self, workdir):
+                self.dir = os.path.join(workdir, "bus")
+                self.policydir = os.path.join(self.dir, "system.d")
+                self.socket = os.path.join(self.dir, "system_bus_socket")
+                self.conf = os.path.join(self.dir, "system.conf")
+                self.log = os.path.join(self.dir, "dbus-daemon.log")
+                self.address = None
+                self.proc = None
+
+        def start(self):
+                exe = shutil.which(DBUS_DAEMON)
+                if not exe:
+                        raise Skip("dbus-daemon not installed (package dbus)")
+                if not os.path.exists(BUS_POLICY):
+                        raise Skip(f"{BUS_POLICY} does not exist yet")
+                os.makedirs(self.policydir, exist_ok=True)
+                # "nobody" must reach the socket for the deny cases.
+                os.chmod(self.dir, 0o755)
+                os.chmod(self.policydir, 0o755)
+                shutil.copyfile(BUS_POLICY, os.path.join(self.policydir, os.path.basename(BUS_POLICY)))
+                with open(self.conf, "w") as f:
+                        f.write(_BUS_CONFIG.format(socket=self.socket, policydir=self.policydir))
+                rfd, wfd = os.pipe()
+                try:
+                        with open(self.log, "ab") as logf:
+                                self.proc = subprocess.Popen([exe, f"--config-file={self.conf}", "--nofork",
+                                                              "--nopidfile", f"--print-address={wfd}"],
+                                                             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                                             pass_fds=[wfd])
+                finally:
+                        os.close(wfd)
+                try:
+                        with os.fdopen(rfd, "rb") as r:
+                                import select
+                                ready, _, _ = select.select([r], [], [], BUS_START_TIMEOUT)
+                                line = r.readline().decode().strip() if ready else ""
+                except OSError:
+                        line = ""
+                if not line:
+                        self.stop()
+                        raise Failure(f"dbus-daemon printed no address within {BUS_START_TIMEOUT}s:\n"
+                                      + self.log_tail())
+                self.address = line
+                os.chmod(self.socket, 0o777)
+                return self
+
+        def running(self):
+                return self.proc is not None and self.proc.poll() is None
+
+        def stop(self):
+                if self.proc is not None and self.proc.poll() is None:
+                        self.proc.terminate()
+                        try:
+                                self.proc.wait(5)
+                        except subprocess.TimeoutExpired:
+                                self.proc.kill()
+                                self.proc.wait()
+                self.proc = None
+
+        def log_tail(self, n=20):
+                try:
+                        with open(self.log, "rb") as f:
+                                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+                except OSError:
+                        return "(no log)"
+
+        def env(self, extra=None):
+                env = {k: v for k, v in os.environ.items()
+                       if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                                    "DBUS_SESSION_BUS_ADDRESS")}
+                env["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
+                # gwctl's tables must not depend on the terminal or locale of the runner.
+                env["LC_ALL"] = "C.UTF-8"
+                env["COLUMNS"] = "400"
+                env["SYSTEMD_COLORS"] = "0"
+                env.update(extra or {})
+                return env
+
+        def name_owner_pid(self, name):
+                """PID of the owner of a well-known name, or None."""
+                r = subprocess.run(["busctl", "--system", "--json=short", "call", "org.freedesktop.DBus",
+                                    "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                    "GetConnectionUnixProcessID", "s", name],
+                                   env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10)
+                if r.returncode != 0:
+                        return None
+                try:
+                        return int(json.loads(r.stdout)["data"][0])
+                except (ValueError, KeyError, IndexError, TypeError):
+                        return None
+
+
+_BUS = None
+_WORKDIR = None
+
+
+def private_bus():
+        """The private system bus of this test file, started on first use."""
+        global _BUS
+        if _BUS is None or not _BUS.running():
+                if _WORKDIR is None:
+                        raise Failure("private_bus() outside of run()")
+                _BUS = PrivateBus(_WORKDIR).start()
+        return _BUS
+
+
+class CtlResult:
+        """What one gwctl/busctl run did."""
+
+        def __init__(self, argv, rc, out, err):
+                self.argv = argv
+                self.rc = rc
+                self.out = out
+                self.err = err
+
+        def __repr__(self):
+                return (f"$ {' '.join(self.argv)}\n  exit {self.rc}\n  stdout: {self.out[-1500:]!r}"
+                        f"\n  stderr: {self.err[-1500:]!r}")
+
+        @property
+        def text(self):
+                return self.out + self.err
+
+        def json(self):
+                try:
+                        return json.loads(self.out)
+                except ValueError as e:
+                        raise Failure(f"output is not JSON ({e}):\n{self!r}")
+
+        def ok(self, what=None):
+                """Raises Failure unless the run exited 0."""
+                if self.rc != 0:
+                        raise Failure(f"{what or 'command'} failed:\n{self!r}")
+                return self
+
+        def fails(self, pattern=None, what=None, rc=None):
+                """Raises Failure unless the run exited non-zero (rc: exactly
+                that) with a message on stderr matching pattern (regex,
+                case-insensitive)."""
+                if self.rc == 0 or (rc is not None and self.rc != rc):
+                        raise Failure(f"{what or 'command'} should have failed"
+                                      + (f" with exit {rc}" if rc is not None else "") + f":\n{self!r}")
+                if not self.err.strip():
+                        raise Failure(f"{what or 'command'} failed without a message on stderr:\n{self!r}")
+                if pattern is not None and not re.search(pattern, self.err, re.I):
+                        raise Failure(f"{what or 'command'}: message does not match /{pattern}/:\n{self!r}")
+                return self
+
+
+_NOBODY_GWCTL = None
+
+
+def gwctl_path(user=None):
+        """gwctl, SKIP when not built. For another user, a copy in a
+        directory that user can reach when the build tree is not."""
+        global _NOBODY_GWCTL
+        if not GWCTL or not os.access(GWCTL, os.X_OK):
+                raise Skip(f"gwctl not built (GWCTL={GWCTL!r})")
+        if user is None:
+                return GWCTL
+        if _NOBODY_GWCTL is None:
+                r = subprocess.run(_as_user(user) + ["test", "-x", GWCTL], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                if r.returncode == 0:
+                        _NOBODY_GWCTL = GWCTL
+                else:
+                        d = os.path.join(_WORKDIR, "bin")
+                        os.makedirs(d, exist_ok=True)
+                        os.chmod(d, 0o755)
+                        dst = os.path.join(d, "gwctl")
+                        shutil.copyfile(GWCTL, dst)
+                        os.chmod(dst, 0o755)
+                        _NOBODY_GWCTL = dst
+        return _NOBODY_GWCTL
+
+
+def _as_user(user):
+        """setpriv(1) prefix for "nobody" or "NAME", optionally with
+        supplementary groups as "nobody:GROUP,GROUP"."""
+        if user in (None, "root"):
+                return []
+        name, _, groups = user.partition(":")
+        u, g = NOBODY if name == "nobody" else (name, name)
+        return ["setpriv", f"--reuid={u}", f"--regid={g}"] + ([f"--groups={groups}"] if groups else ["--clear-groups"])
+
+
+def _run_ctl(argv, user, input, timeout, env):
+        cmd = _as_user(user) + argv
+        data = input.encode() if isinstance(input, str) else input
+        try:
+                r = subprocess.run(cmd, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=env, timeout=timeout, cwd=_WORKDIR)
+        except subprocess.TimeoutExpired:
+                raise Failure(f"$ {' '.join(cmd)} did not finish within {timeout}s")
+        res = CtlResult(cmd, r.returncode, r.stdout.decode("utf-8", "replace"),
+                        r.stderr.decode("utf-8", "replace"))
+        if _SANITIZER_RX.search(res.err):
+                raise Failure(f"sanitizer report:\n{res!r}")
+        return res
+
+
+def gwctl(*args, user=None, input=None, timeout=CTL_TIMEOUT, env=None):
+        """Runs gwctl with args against the private bus; user "nobody" runs
+        it unprivileged. Returns a CtlResult (never raises on exit codes)."""
+        exe = gwctl_path(user)
+        return _run_ctl([exe] + [str(a) for a in args], user, input, timeout, private_bus().env(env))
+
+
+def busctl(*args, user=None, timeout=CTL_TIMEOUT):
+        """busctl --system on the private bus, e.g. busctl("call", BUS_NAME,
+        BUS_PATH, iface, method, sig, *values)."""
+        exe = need("busctl")
+        return _run_ctl([exe, "--system"] + [str(a) for a in args], user, None, timeout, private_bus().env())
+
+
+def bus_call(iface, method, sig="", *values, path=BUS_PATH, user=None):
+        """A method call on the daemon; returns (CtlResult, data list or None)."""
+        argv = ["--json=short", "call", BUS_NAME, path, iface, method]
+        if sig:
+                argv += [sig] + [str(v) for v in values]
+        r = busctl(*argv, user=user)
+        data = None
+        if r.rc == 0 and r.out.strip():
+                data = r.json().get("data")
+        return (r, data)
+
+
+def bus_property(iface, prop, path=BUS_PATH, user=None):
+        r = busctl("--json=short", "get-property", BUS_NAME, path, iface, prop, user=user)
+        r.ok(f"get-property {iface}.{prop}")
+        return r.json().get("data")
+
+
+def file_digests(*roots):
+        """{path: sha256} of every file under the roots (a file root is
+        itself); to prove that a refused change changed nothing."""
+        import hashlib
+        out = {}
+        for root in roots:
+                if os.path.isfile(root):
+                        paths = [root]
+                else:
+                        paths = []
+                        for d, _, files in os.walk(root):
+                                paths += [os.path.join(d, f) for f in files]
+                for path in paths:
+                        try:
+                                with open(path, "rb") as f:
+                                        out[path] = hashlib.sha256(f.read()).hexdigest()
+                        except OSError:
+                                out[path] = None
+        return out
+
+
+def check_unchanged(before, after, what):
+        if before != after:
+                changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+                raise Failure(f"{what} changed files:\n  " + "\n  ".join(changed))
+
+
+# ----------------------------------------------------------- ctl helpers --
+
+def ctl_gateway(ctx, gateway_args=None, **config):
+        """A gateway on base_config(**config) on the private bus, ready for gwctl."""
+        ga = dict(gateway_args or {})
+        ga["bus"] = True
+        return ctx.gw(gateway_args=ga, **config)
+
+
+def public_dir():
+        """A directory every user may read and write (files for the
+        unprivileged gwctl runs: password files, outputs)."""
+        d = os.path.join(_WORKDIR, "pub")
+        if not os.path.isdir(d):
+                os.makedirs(d, exist_ok=True)
+                os.chmod(d, 0o1777)
+        return d
+
+
+def public_file(name, data):
+        """Writes data (str or bytes) to public_dir()/name, mode 0644; returns the path."""
+        path = os.path.join(public_dir(), name)
+        with open(path, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(path, 0o644)
+        return path
+
+
+def gateway_files(g):
+        """Digests of everything a refused change must leave alone: the
+        certificate store, the configuration file and the history."""
+        return file_digests(os.path.join(g.state_dir, "certs"), g.config_path,
+                            os.path.join(g.state_dir, "history"))
+
+
+def openssl(*args, input=None, check_rc=True):
+        """openssl(1); returns (rc, stdout+stderr text)."""
+        exe = need("openssl")
+        data = input.encode() if isinstance(input, str) else input
+        r = subprocess.run([exe] + [str(a) for a in args], input=data, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        text = r.stdout.decode("utf-8", "replace")
+        if check_rc and r.returncode != 0:
+                raise Failure(f"openssl {' '.join(str(a) for a in args)} failed ({r.returncode}):\n{text[-2000:]}")
+        return (r.returncode, text)
+
+
+def cert_text(path_or_pem):
+        """openssl x509 -text of a file or PEM text (the first certificate)."""
+        if os.path.exists(str(path_or_pem)):
+                return openssl("x509", "-in", path_or_pem, "-noout", "-text", "-subject", "-issuer")[1]
+        return openssl("x509", "-noout", "-text", "-subject", "-issuer", input=path_or_pem)[1]
+
+
+def pubkey_of(path, kind="x509"):
+        """The public key (PEM) of a certificate ("x509"), CSR ("req") or private key ("pkey")."""
+        if kind == "x509":
+                return openssl("x509", "-in", path, "-noout", "-pubkey")[1]
+        if kind == "req":
+                return openssl("req", "-in", path, "-noout", "-pubkey")[1]
+        return openssl("pkey", "-in", path, "-pubout")[1]
+
+
+# Extensions a CA puts on a server certificate it signs (the test CA of
+# make-test-pki signs CSRs with these).
+_SIGN_EXT = """[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = {san}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[intermediate]
+basicConstraints = critical,CA:TRUE,pathlen:0
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+def ca_sign(csr, out, ca_cert, ca_key, san="DNS:mx.test", days=365):
+        """Signs a CSR as a CA would (openssl x509 -req); returns out."""
+        ext = os.path.join(_WORKDIR, f"sign-{time.time_ns()}.cnf")
+        with open(ext, "w") as f:
+                f.write(_SIGN_EXT.format(san=san))
+        openssl("x509", "-req", "-in", csr, "-out", out, "-days", days, "-sha256", "-CA", ca_cert,
+                "-CAkey", ca_key, "-set_serial", "0x" + os.urandom(16).hex(), "-extfile", ext,
+                "-extensions", "server")
+        return out
+
+
+def ca_sign_dated(csr, out, ca_cert, ca_key, start, end, section="server", san="DNS:mx.test"):
+        """Signs with explicit dates (YYYYMMDDhhmmssZ), through openssl ca
+        and a throwaway database: x509 -req cannot date in the past."""
+        d = tempfile.mkdtemp(prefix="ca-", dir=_WORKDIR)
+        open(os.path.join(d, "index.txt"), "w").close()
+        with open(os.path.join(d, "serial"), "w") as f:
+                f.write(os.urandom(16).hex() + "\n")
+        with open(os.path.join(d, "ca.cnf"), "w") as f:
+                f.write(f"[ca]\ndefault_ca = testca\n[testca]\ndatabase = {d}/index.txt\n"
+                        f"new_certs_dir = {d}\nserial = {d}/serial\ncertificate = {ca_cert}\n"
+                        f"private_key = {ca_key}\ndefault_md = sha256\npolicy = policy_any\n"
+                        f"unique_subject = no\n[policy_any]\ncommonName = supplied\n")
+        with open(os.path.join(d, "ext.cnf"), "w") as f:
+                f.write(_SIGN_EXT.format(san=san))
+        openssl("ca", "-batch", "-notext", "-config", os.path.join(d, "ca.cnf"), "-in", csr, "-out", out,
+                "-startdate", start, "-enddate", end, "-extfile", os.path.join(d, "ext.cnf"),
+                "-extensions", section)
+        return out
+
+
+def make_csr(key, subject, out):
+        cnf = os.path.join(_WORKDIR, "csr.cnf")
+        with open(cnf, "w") as f:
+                f.write("[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n")
+        openssl("req", "-new", "-config", cnf, "-key", key, "-subj", subject, "-out", out)
+        return out
+
+
+def pending_text():
+        """(pending, owner, text) of the daemon's staged change set, or None
+        when the call fails."""
+        r, data = bus_call("org.tlsgw.Gateway1.Manager", "GetPending")
+        return tuple(data) if r.rc == 0 and data else None
+
+
+def ctl_refused(g, pattern, *args, what=None, user=None, input=None):
+        """Runs gwctl args, which must fail with a message matching pattern
+        and change nothing: store, config file, history, pending set."""
+        before = (gateway_files(g), pending_text())
+        r = gwctl(*args, user=user, input=input)
+        r.fails(pattern, what or "gwctl " + " ".join(str(a) for a in args))
+        after = (gateway_files(g), pending_text())
+        check_unchanged(before[0], after[0], f"refused 'gwctl {' '.join(str(a) for a in args)}'")
+        check_eq(after[1], before[1], f"pending set after refused 'gwctl {' '.join(str(a) for a in args)}'")
+        return r
+
+
+def json_rows(res, what="listing"):
+        """The rows of a gwctl --json listing: {"<name>": [ {...}, ... ]}."""
+        j = res.json()
+        if isinstance(j, list):
+                return j
+        if isinstance(j, dict):
+                lists = [v for v in j.values() if isinstance(v, list)]
+                if len(lists) == 1:
+                        return lists[0]
+        raise Failure(f"{what}: JSON is not {{name: [rows]}}:\n{res!r}")
+
+
+def json_record(res, what="record"):
+        """One object of gwctl --json show/status (a dict, or a one-row listing)."""
+        j = res.json()
+        if isinstance(j, dict):
+                lists = [v for v in j.values() if isinstance(v, list)]
+                if len(j) == 1 and len(lists) == 1 and len(lists[0]) == 1 and isinstance(lists[0][0], dict):
+                        return lists[0][0]
+                if len(j) == 1 and isinstance(list(j.values())[0], dict):
+                        return list(j.values())[0]
+                return j
+        raise Failure(f"{what}: JSON is not an object:\n{res!r}")
+
+
+def field(rec, name, default=None):
+        """A field of a gwctl JSON row/record matched without regard to case
+        and separators ("next-attempt", "NextAttempt", "next_attempt")."""
+        want = re.sub(r"[^a-z0-9]", "", name.lower())
+        for k, v in rec.items():
+                if re.sub(r"[^a-z0-9]", "", str(k).lower()) == want:
+                        return v
+        return default
+
+
+def truthy(v):
+        """gwctl booleans: JSON true/false, or "yes"/"no" in tables."""
+        return v is True or str(v).lower() in ("yes", "true", "1", "on")
+
+
+def row_by(rows, key, value):
+        for r in rows:
+                if str(field(r, key)) == str(value):
+                        return r
+        return None
 
 
 # ------------------------------------------------------------------ smtp --
@@ -833,13 +1355,14 @@ def diag(text):
 
 def run(only=None):
         """Runs every registered case as TAP; exits 1 if any failed."""
-        global JOURNAL
+        global JOURNAL, _WORKDIR, _BUS
         enter_namespace()
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         sys.stdout.reconfigure(line_buffering=True)
         workdir = tempfile.mkdtemp(prefix="tlsgw-it-")
         # smtp-sink(1) drops to "nobody" and must reach its dump directory below.
         os.chmod(workdir, 0o711)
+        _WORKDIR = workdir
         JOURNAL = Journal(workdir)
         if not JOURNAL.start():
                 diag(f"private journald unavailable: {JOURNAL.error}; journal checks will SKIP")
@@ -879,6 +1402,8 @@ def run(only=None):
                                 diag(text)
                         diag(f"{name}: {dt:.1f}s")
         finally:
+                if _BUS is not None:
+                        _BUS.stop()
                 JOURNAL.stop()
                 if not keep:
                         shutil.rmtree(workdir, ignore_errors=True)

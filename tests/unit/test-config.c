@@ -4,7 +4,10 @@
  * Tests of config.c: the documented example file, the built-in defaults,
  * one case per validation rule (each checking the exact FILE:LINE of the
  * message, with the configuration written to a real file), sender group
- * matching and route/destination lookups.
+ * matching and route/destination lookups; HTTPS interfaces, LDAP profiles
+ * and admin_group; the ConfigDocument (every edit and every refusal, which
+ * must leave the document byte for byte as it was; render and load round
+ * trips; secrets encrypted, decrypted and redacted).
  */
 
 #include <arpa/inet.h>
@@ -454,7 +457,7 @@ static void test_errors(void) {
 }
 
 static void test_files(void) {
-        _cleanup_free_ char *err = NULL, *inc = NULL, *main_path = NULL, *text = NULL, *want = NULL;
+        _cleanup_free_ char *err = NULL, *inc = NULL, *main_path = NULL, *want = NULL;
         Config *c = NULL;
         FILE *f;
         int r;
@@ -855,6 +858,623 @@ static void test_tls_validate(void) {
         config_unref(c);
 }
 
+/* ---- HTTPS interfaces, LDAP profiles, admin_group ---- */
+
+static void test_https_ldap(void) {
+        _cleanup_strv_free_ char **places = NULL;
+        Config *c;
+        int r;
+
+        c = load_ok(BASE
+                    "admin_group = \"tlsgw-admin\";\n"
+                    "https_interfaces = ( { name = \"admin\"; address = \"127.0.0.1\"; port = 8443; },\n"
+                    "  { name = \"api\"; address = \"::1\"; port = 2525; hostname = \"API.Example.com\"; certificate = \"web\"; } );\n"
+                    "ldap_profiles = ( { name = \"corp\"; uri = \"ldaps://ldap.example.com:636\"; base = \"dc=example,dc=com\";\n"
+                    "  bind_dn = \"cn=gw,dc=example,dc=com\"; bind_password = \"s3cret\"; ca_file = \"/etc/ca.pem\"; certificate = \"client\"; },\n"
+                    "  { name = \"anon\"; uri = \"ldap://[2001:db8::1]\"; base = \"o=x\"; } );\n",
+                    "https interfaces, ldap profiles and admin_group load");
+        if (!c)
+                return;
+        is_str(c->admin_group, "tlsgw-admin", "admin_group");
+        ok(c->n_https == 2 && streq(c->https[0].name, "admin") && c->https[0].port == 8443 &&
+           streq(c->https[0].hostname, c->hostname) && !c->https[0].certificate,
+           "https admin: hostname from top level, demo certificate");
+        ok(streq(c->https[1].hostname, "api.example.com") && streq(c->https[1].certificate, "web"),
+           "https api: hostname lowercased, certificate");
+        ok(c->n_ldap == 2 && streq(c->ldap[0].uri, "ldaps://ldap.example.com:636") &&
+           streq(c->ldap[0].bind_password, "s3cret") && streq(c->ldap[0].ca_file, "/etc/ca.pem") &&
+           streq(c->ldap[0].certificate, "client") && !c->ldap[1].bind_dn && !c->ldap[1].bind_password,
+           "ldap profiles parsed");
+
+        r = config_certificate_users(c, "demo", &places);
+        ok(r == 2 && places && streq(places[0], "listener inbound") && streq(places[1], "https admin") && !places[2],
+           "demo is used by the listener and https interface without certificates");
+        strv_free(places);
+        places = NULL;
+        r = config_certificate_users(c, "client", &places);
+        ok(r == 1 && streq(places[0], "ldap corp"), "client certificate used by ldap corp");
+        strv_free(places);
+        places = NULL;
+        r = config_certificate_users(c, "unused", &places);
+        ok(r == 0 && places && !places[0], "unused certificate: no places");
+        config_unref(c);
+
+        c = load_ok("listeners = ( { name = \"a\"; address = \"127.0.0.1\"; port = 25; default_policy = \"P\"; certificates = [ \"ec\", \"rsa\" ]; },\n"
+                    "  { name = \"b\"; address = \"127.0.0.1\"; port = 26; default_policy = \"P\"; certificate = \"rsa\"; } );\n"
+                    BASE_POLICY
+                    "tls_client = { certificate = \"rsa\"; };\n",
+                    "listeners with certificates");
+        if (c) {
+                strv_free(places);
+                places = NULL;
+                r = config_certificate_users(c, "rsa", &places);
+                ok(r == 3 && streq(places[0], "listener a") && streq(places[1], "listener b") &&
+                   streq(places[2], "tls_client"), "rsa used by two listeners and tls_client");
+                strv_free(places);
+                places = NULL;
+                is_int(config_certificate_users(c, "demo", &places), 0, "no demo user when all listeners name certificates");
+                config_unref(c);
+        }
+
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"127.0.0.1\"; port = 2525; } );\n",
+                        3, "https interface 'h': 127.0.0.1 port 2525 already used by listener 'inbound' (line 1)",
+                        "https interface on a listener's address and port");
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"::1\"; port = 443; },\n"
+                        "  { name = \"h\"; address = \"0:0::1\"; port = 443; } );\n",
+                        4, "https interface 'h': duplicate name, first defined on line 3", "duplicate https name");
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"::1\"; port = 443; },\n"
+                        "  { name = \"i\"; address = \"0:0::1\"; port = 443; } );\n",
+                        4, "https interface 'i': 0:0::1 port 443 already used by https interface 'h' (line 3)", "two https interfaces on one socket");
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"localhost\"; port = 443; } );\n",
+                        3, "https interface 'h': address \"localhost\" is not a numeric", "https address must be numeric");
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"::1\"; } );\n",
+                        3, "https interface 'h': missing 'port'", "https port required");
+        expect_error_at(BASE "https_interfaces = ( { name = \"h\"; address = \"::1\"; port = 443; certificate = \"..\"; } );\n",
+                        3, "https interface 'h': certificate \"..\" is not a valid certificate name", "https certificate name");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"http://ldap.example.com\"; base = \"o=x\"; } );\n",
+                        3, "ldap profile 'l': uri \"http://ldap.example.com\" is not ldap://HOST[:PORT] or ldaps://HOST[:PORT]",
+                        "ldap uri scheme");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://ldap.example.com/dc=x\"; base = \"o=x\"; } );\n",
+                        3, "ldap profile 'l': uri \"ldap://ldap.example.com/dc=x\" is not", "ldap uri with a path");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://ldap.example.com:99999\"; base = \"o=x\"; } );\n",
+                        3, "ldap profile 'l': uri", "ldap uri port out of range");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://x.example\"; base = \"example\"; } );\n",
+                        3, "ldap profile 'l': base \"example\" is not a distinguished name", "ldap base must be a DN");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://x.example\"; base = \"o=x\"; bind_password = \"p\"; } );\n",
+                        3, "ldap profile 'l': bind_password needs bind_dn", "bind_password without bind_dn");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://x.example\"; base = \"o=x\"; ca_file = \"ca.pem\"; } );\n",
+                        3, "ldap profile 'l': ca_file \"ca.pem\" is not an absolute path", "ldap ca_file absolute");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://x.example\"; base = \"o=x\";\n"
+                        "  bind_dn = \"cn=a\"; bind_password = \"enc:v1:AAAA\"; } );\n",
+                        4, "ldap profile 'l': bind_password is encrypted; import the configuration with its password",
+                        "an encrypted secret is not loaded as a password");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; uri = \"ldap://x.example\"; base = \"o=x\"; },\n"
+                        "  { name = \"l\"; uri = \"ldap://y.example\"; base = \"o=y\"; } );\n",
+                        4, "ldap profile 'l': duplicate name, first defined on line 3", "duplicate ldap name");
+        expect_error_at(BASE "ldap_profiles = ( { name = \"l\"; base = \"o=x\"; pass = 1; } );\n",
+                        3, "ldap profile 'l': unknown key 'pass'", "ldap unknown key");
+        expect_error_at(BASE "admin_group = \"Admins\";\n",
+                        3, "admin_group \"Admins\" is not a valid group name", "admin_group must be lowercase");
+        expect_error_at(BASE "admin_group = \"1adm\";\n", 3, "admin_group \"1adm\" is not a valid group name",
+                        "admin_group must not start with a digit");
+        expect_error_at(BASE "admin_group = \"abcdefghijklmnopqrstuvwxyz0123456\";\n", 3, "admin_group \"abcdefghijklmnopqrstuvwxyz0123456\" is not a valid group name",
+                        "admin_group at most 32 characters");
+}
+
+/* ---- ConfigDocument ---- */
+
+static char *doc_text(const ConfigDocument *d) {
+        char *t = NULL;
+
+        if (config_document_to_text(d, CONFIG_SECRETS_KEEP, NULL, &t) < 0)
+                abort();
+        return t;
+}
+
+static char *read_example(void) {
+        _cleanup_free_ char *path = NULL;
+        const char *root = getenv("TLSGW_SOURCE_ROOT");
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f;
+
+        if (!root || asprintf(&path, "%s/docs/tlsgw.conf.example", root) < 0)
+                return NULL;
+        f = fopen(path, "re");
+        if (!f)
+                return NULL;
+        if (getdelim(&buf, &len, '\0', f) < 0) {
+                free(buf);
+                buf = NULL;
+        }
+        fclose(f);
+        return buf;
+}
+
+/* Checks that an edit failed with r and message, and left d as it was. */
+static void expect_refused(ConfigDocument *d, const char *before, int r, int want_r, char **errp,
+                           const char *want_msg, const char *name) {
+        _cleanup_free_ char *after = doc_text(d);
+        char *err = *errp;
+
+        *errp = NULL;
+
+        if (r != want_r || !err || !strstr(err, want_msg))
+                printf("# r=%d (want %d), message: %s\n# wanted: %s\n", r, want_r, err ?: "(none)", want_msg);
+        ok(r == want_r && err && strstr(err, want_msg) && streq(before, after), "%s", name);
+        free(err);
+}
+
+static void test_document_example(void) {
+        _cleanup_free_ char *text = read_example(), *kept = NULL, *rendered = NULL, *err = NULL;
+        ConfigDocument *d = NULL, *copy = NULL;
+        Config *a = NULL, *b = NULL;
+        int r;
+
+        if (!text) {
+                tap_skip("document of the example", "TLSGW_SOURCE_ROOT not set (run through meson test)");
+                return;
+        }
+        r = config_document_new(text, "example", NULL, &d, &err);
+        if (r < 0)
+                printf("# %s\n", err ?: strerror(-r));
+        ok(r == 0 && d, "document of docs/tlsgw.conf.example");
+        if (!d)
+                return;
+        kept = doc_text(d);
+        ok(streq(kept, text), "unedited document renders as its own text (comments kept)");
+
+        /* Through libconfig's writer and back. */
+        r = config_document_copy(d, &copy);
+        ok(r == 0 && copy, "copy");
+        r = config_document_set_global(copy, &(ConfigValue) { "workers", CONFIG_VALUE_INT, .i = 0 }, 1, NULL);
+        ok(r == 0, "no-op edit renders through libconfig");
+        rendered = doc_text(copy);
+        ok(!strstr(rendered, "# tlsgw.conf"), "edited document is rendered (no comments)");
+        r = config_load_string(text, "a", &a, NULL);
+        ok(r == 0, "example loads");
+        free(err);
+        err = NULL;
+        r = config_load_string(rendered, "b", &b, &err);
+        if (r < 0)
+                printf("# %s\n# %s\n", err, rendered);
+        ok(r == 0, "rendered example loads");
+        if (a && b) {
+                const ListenerConfig *la = config_find_listener(a, "inbound"), *lb = config_find_listener(b, "inbound");
+
+                ok(a->n_listeners == b->n_listeners && a->n_policies == b->n_policies &&
+                   a->n_sender_groups == b->n_sender_groups && a->n_routes == b->n_routes &&
+                   a->n_destinations == b->n_destinations && a->n_https == b->n_https && a->n_ldap == b->n_ldap,
+                   "round trip: same object counts");
+                ok(la && lb && la->limits.max_message_size == lb->limits.max_message_size &&
+                   la->limits.idle_timeout == lb->limits.idle_timeout && la->port == lb->port &&
+                   streq(la->certificates[1], lb->certificates[1]), "round trip: listener limits group and certificates");
+                ok(a->queue.lifetime == b->queue.lifetime && a->tls_alert_interval == b->tls_alert_interval &&
+                   streq(a->tls_client.ca_file, b->tls_client.ca_file) &&
+                   a->tls_ticket_rotation == b->tls_ticket_rotation, "round trip: queue, tls_alerts, tls_client groups");
+                ok(streq(a->ldap[0].bind_password, b->ldap[0].bind_password) && streq(b->admin_group, "tlsgw-admin") &&
+                   b->https[0].port == 8443, "round trip: ldap secret kept, admin_group, https");
+        }
+        config_unref(a);
+        config_unref(b);
+        config_document_free(copy);
+        config_document_free(d);
+}
+
+/* Compares what config_document_from_config() writes of a and of the
+ * configuration that text loads into: a fixed point means nothing was
+ * lost. */
+static void test_document_defaults(void) {
+        _cleanup_free_ char *t1 = NULL, *t2 = NULL, *err = NULL;
+        ConfigDocument *d1 = NULL, *d2 = NULL;
+        Config *a = NULL, *b = NULL;
+        int r;
+
+        r = config_new_default("/srv/gw", &a);
+        ok(r == 0, "defaults");
+        if (r < 0)
+                return;
+        r = config_document_from_config(a, &d1);
+        ok(r == 0 && d1, "document of the defaults");
+        if (!d1) {
+                config_unref(a);
+                return;
+        }
+        t1 = doc_text(d1);
+        r = config_document_load(d1, "defaults", &b, &err);
+        if (r < 0)
+                printf("# %s\n%s", err, t1);
+        ok(r == 0 && b, "document of the defaults loads");
+        if (b) {
+                ok(streq(a->hostname, b->hostname) && streq(a->state_dir, b->state_dir) &&
+                   a->n_listeners == b->n_listeners && streq(a->listeners[0].name, b->listeners[0].name) &&
+                   a->listeners[0].port == b->listeners[0].port &&
+                   !memcmp(&a->listeners[0].limits, &b->listeners[0].limits, sizeof(SmtpLimits)) &&
+                   a->listeners[0].tls == b->listeners[0].tls && !b->listeners[0].certificates &&
+                   a->n_policies == b->n_policies && a->policies[1].action == b->policies[1].action &&
+                   b->policies[1].tls == -1 &&
+                   a->n_sender_groups == b->n_sender_groups && b->sender_groups[0].n_sources == 2 &&
+                   !memcmp(&a->sender_groups[0].sources[1], &b->sender_groups[0].sources[1], sizeof(Cidr)) &&
+                   streq(b->routes[0].directory, "/srv/gw/mail") && b->routes[0].kind == ROUTE_MAILDIR &&
+                   !memcmp(&a->queue, &b->queue, sizeof(QueueConfig)) &&
+                   a->tls_alert_interval == b->tls_alert_interval && a->tls_ticket_rotation == b->tls_ticket_rotation &&
+                   a->shutdown_timeout == b->shutdown_timeout && b->n_destinations == 1 &&
+                   b->destinations[0].max_connections == a->destinations[0].max_connections,
+                   "defaults: loaded document equals the built-in Config");
+                r = config_document_from_config(b, &d2);
+                ok(r == 0, "document of the reloaded defaults");
+                if (d2) {
+                        t2 = doc_text(d2);
+                        ok(streq(t1, t2), "defaults: render -> load -> render is a fixed point");
+                }
+        }
+        config_unref(a);
+        config_unref(b);
+        config_document_free(d1);
+        config_document_free(d2);
+}
+
+#define DOC_BASE \
+        "listeners = ( { name = \"inbound\"; address = \"127.0.0.1\"; port = 2525; default_policy = \"P\";\n" \
+        "                certificates = [ \"ec\" ]; limits = { max_line = 2000; }; } );\n" \
+        "policies = ( { name = \"P\"; action = \"accept\"; }, { name = \"Q\"; action = \"relay\"; },\n" \
+        "             { name = \"FREE\"; action = \"reject\"; } );\n" \
+        "sender_groups = ( { name = \"SG\"; policy = \"Q\"; sources = [ \"10.0.0.0/8\" ]; } );\n" \
+        "routes = ( { domain = \"example.com\"; hosts = [ \"10.0.0.1\" ]; } );\n"
+
+static void test_document_edits(void) {
+        ConfigDocument *d = NULL;
+        Config *c = NULL;
+        char *err = NULL;
+        int r;
+
+        r = config_document_new(DOC_BASE, "base", NULL, &d, &err);
+        if (r < 0)
+                printf("# %s\n", err);
+        ok(r == 0 && d, "document from text");
+        free(err);
+        err = NULL;
+        if (!d)
+                return;
+
+        /* Add. */
+        {
+                char *domains[] = { "example.com", "Example.NET", NULL };
+                const ConfigValue v[] = {
+                        { "address", CONFIG_VALUE_STRING, .s = "::1" },
+                        { "port", CONFIG_VALUE_INT, .i = 2526 },
+                        { "default_policy", CONFIG_VALUE_STRING, .s = "P" },
+                        { "accepted_domains", CONFIG_VALUE_STRV, .strv = domains },
+                        { "ktls", CONFIG_VALUE_BOOL, .b = false },
+                        { "limits.max_message_size", CONFIG_VALUE_INT, .i = 3LL * 1024 * 1024 * 1024 },
+                        { "limits.idle_timeout", CONFIG_VALUE_INT, .i = 60 },
+                        { "limits.data_timeout", CONFIG_VALUE_STRING, .s = "2m" },
+                        { "name", CONFIG_VALUE_STRING, .s = "second" },
+                };
+                const ListenerConfig *l;
+
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "second", v, ELEMENTSOF(v), &err);
+                if (r < 0)
+                        printf("# %s\n", err);
+                ok(r == 0 && !err, "add listener with strv, bool, 64-bit int, duration as int and string");
+                r = config_document_load(d, "t", &c, NULL);
+                l = c ? config_find_listener(c, "second") : NULL;
+                ok(l && l->port == 2526 && !l->ktls && streq(l->accepted_domains[1], "example.net") &&
+                   l->limits.max_message_size == 3ULL * 1024 * 1024 * 1024 && l->limits.idle_timeout == 60 * USEC_PER_SEC &&
+                   l->limits.data_timeout == 120 * USEC_PER_SEC && l->limits.max_line == 1000,
+                   "added listener loads with its values");
+                config_unref(c);
+                c = NULL;
+        }
+        {
+                _cleanup_free_ char *before = doc_text(d);
+
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "second", NULL, 0, &err);
+                expect_refused(d, before, r, -EEXIST, &err, "listener 'second' already exists", "add of an existing name: -EEXIST");
+                r = config_document_add(d, CONFIG_KIND_ROUTE, "EXAMPLE.com",
+                                        &(ConfigValue) { "maildir", CONFIG_VALUE_STRING, .s = "/m" }, 1, &err);
+                expect_refused(d, before, r, -EEXIST, &err, "route 'EXAMPLE.com' already exists",
+                               "route domains compare case-insensitively");
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "third", (const ConfigValue[]) {
+                                { "address", CONFIG_VALUE_STRING, .s = "127.0.0.1" },
+                                { "port", CONFIG_VALUE_INT, .i = 70000 },
+                                { "default_policy", CONFIG_VALUE_STRING, .s = "P" } }, 3, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'third': port 70000 out of range 1..65535",
+                               "add with a bad port: the validation message, nothing changed");
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "third", (const ConfigValue[]) {
+                                { "address", CONFIG_VALUE_STRING, .s = "127.0.0.1" },
+                                { "port", CONFIG_VALUE_INT, .i = 70000 } }, 2, &err);
+                ok(r == -EINVAL && err && !strstr(err, "pending") && strstr(err, "listener 'third': missing 'default_policy'") &&
+                   strstr(err, "listener 'third': port 70000"), "all problems reported, without the 'pending:LINE:' prefix");
+                free(err);
+                err = NULL;
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "third", (const ConfigValue[]) {
+                                { "address", CONFIG_VALUE_STRING, .s = "127.0.0.1" },
+                                { "port", CONFIG_VALUE_INT, .i = 2525 },
+                                { "default_policy", CONFIG_VALUE_STRING, .s = "P" } }, 3, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'third': 127.0.0.1 port 2525 already used by listener 'inbound'",
+                               "add of a listener on a used address");
+                r = config_document_add(d, CONFIG_KIND_LISTENER, "bad name!", (const ConfigValue[]) {
+                                { "address", CONFIG_VALUE_STRING, .s = "127.0.0.1" },
+                                { "port", CONFIG_VALUE_INT, .i = 2599 },
+                                { "default_policy", CONFIG_VALUE_STRING, .s = "P" } }, 3, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "invalid name \"bad name!\"", "add with an invalid name");
+                r = config_document_add(d, CONFIG_KIND_POLICY, "X", (const ConfigValue[]) {
+                                { "action", CONFIG_VALUE_STRING, .s = "accept" },
+                                { "name", CONFIG_VALUE_STRING, .s = "Y" } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "policy 'X': 'name' cannot be changed", "add with a different name in the values");
+                r = config_document_add(d, CONFIG_KIND_POLICY, "X", (const ConfigValue[]) {
+                                { "action", CONFIG_VALUE_STRING, .s = "accept" },
+                                { "Bad-Key", CONFIG_VALUE_INT, .i = 1 } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "policy 'X': invalid key \"Bad-Key\"", "invalid key");
+                r = config_document_add(d, CONFIG_KIND_POLICY, "X", (const ConfigValue[]) {
+                                { "action", CONFIG_VALUE_STRING, .s = "accept" },
+                                { "colour", CONFIG_VALUE_STRING, .s = "red" } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "policy 'X': unknown key 'colour'", "unknown key from validation");
+                r = config_document_add(d, CONFIG_KIND_POLICY, "X", (const ConfigValue[]) {
+                                { "action", CONFIG_VALUE_STRING, .s = "accept" },
+                                { "a.b.c.d", CONFIG_VALUE_INT, .i = 1 } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "invalid key \"a.b.c.d\"", "keys nest at most three deep");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "port.x", CONFIG_VALUE_INT, .i = 1 }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'inbound': 'port' is not a group", "dotted key into a value");
+                r = config_document_add(d, CONFIG_KIND_HTTPS, "web", (const ConfigValue[]) {
+                                { "address", CONFIG_VALUE_STRING, .s = "127.0.0.1" },
+                                { "port", CONFIG_VALUE_INT, .i = 2525 } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "https interface 'web': 127.0.0.1 port 2525 already used by listener 'inbound'",
+                               "https interface on a listener's socket refused");
+                r = config_document_add(d, CONFIG_KIND_LDAP, "dir", (const ConfigValue[]) {
+                                { "uri", CONFIG_VALUE_STRING, .s = "ldap:/x" },
+                                { "base", CONFIG_VALUE_STRING, .s = "o=x" } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "ldap profile 'dir': uri \"ldap:/x\" is not", "invalid ldap uri refused");
+                r = config_document_add(d, CONFIG_KIND_DESTINATION, "not a domain", NULL, 0, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "is not a valid domain name", "invalid destination domain");
+                r = config_document_add(d, CONFIG_KIND_SENDER_GROUP, "G", (const ConfigValue[]) {
+                                { "policy", CONFIG_VALUE_STRING, .s = "P" },
+                                { "sources", CONFIG_VALUE_STRV, .strv = (char *[]) { "10.0.0.1/8", NULL } } }, 2, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "sender group 'G': invalid source \"10.0.0.1/8\"", "invalid address range");
+                is_int(config_document_add(d, _CONFIG_KIND_MAX, "x", NULL, 0, NULL), -EINVAL, "invalid kind");
+        }
+
+        /* Set. */
+        {
+                _cleanup_free_ char *before = NULL;
+                const ListenerConfig *l;
+
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound", (const ConfigValue[]) {
+                                { "limits.max_line", CONFIG_VALUE_UNSET },
+                                { "certificate", CONFIG_VALUE_STRING, .s = "rsa" },
+                                { "hostname", CONFIG_VALUE_STRING, .s = "mx.example.org" },
+                                { "limits.max_errors", CONFIG_VALUE_INT, .i = 5 } }, 4, &err);
+                if (r < 0)
+                        printf("# %s\n", err);
+                ok(r == 0, "set: unset a nested key, certificate replaces certificates, new nested key");
+                config_document_load(d, "t", &c, NULL);
+                l = c ? config_find_listener(c, "inbound") : NULL;
+                ok(l && l->limits.max_line == 1000 && l->limits.max_errors == 5 && streq(l->certificates[0], "rsa") &&
+                   !l->certificates[1] && streq(l->hostname, "mx.example.org"), "set values load");
+                config_unref(c);
+                c = NULL;
+
+                r = config_document_set(d, CONFIG_KIND_ROUTE, "Example.COM",
+                                        &(ConfigValue) { "maildir", CONFIG_VALUE_STRING, .s = "/var/mail/x" }, 1, &err);
+                ok(r == 0, "set: route switched from hosts to maildir in one edit");
+                config_document_load(d, "t", &c, NULL);
+                ok(c && config_find_route(c, "example.com")->kind == ROUTE_MAILDIR, "route is now maildir");
+                config_unref(c);
+                c = NULL;
+
+                before = doc_text(d);
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "nope",
+                                        &(ConfigValue) { "port", CONFIG_VALUE_INT, .i = 1 }, 1, &err);
+                expect_refused(d, before, r, -ENOENT, &err, "no listener 'nope'", "set of a missing name: -ENOENT");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "name", CONFIG_VALUE_STRING, .s = "other" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'inbound': 'name' cannot be changed", "rename refused");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "tls", CONFIG_VALUE_STRING, .s = "sometimes" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'inbound': tls \"sometimes\" is not one of",
+                               "bad enum value");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "address", CONFIG_VALUE_UNSET }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'inbound': missing 'address'", "unsetting a required key");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "default_policy", CONFIG_VALUE_STRING, .s = "NOPE" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "listener 'inbound': default_policy 'NOPE' is not a defined policy",
+                               "reference to a missing policy");
+                r = config_document_set(d, CONFIG_KIND_LISTENER, "inbound",
+                                        &(ConfigValue) { "port", CONFIG_VALUE_INT, .i = 5000000000LL }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "port 5000000000 out of range 1..65535", "64-bit port refused");
+        }
+
+        /* Delete. */
+        {
+                _cleanup_free_ char *before = doc_text(d);
+
+                r = config_document_delete(d, CONFIG_KIND_POLICY, "Q", &err);
+                expect_refused(d, before, r, -EBUSY, &err, "policy 'Q' is in use by sender group 'SG'", "delete of a policy in use");
+                r = config_document_delete(d, CONFIG_KIND_POLICY, "P", &err);
+                expect_refused(d, before, r, -EBUSY, &err, "policy 'P' is in use by listener 'inbound', listener 'second'",
+                               "delete of a default_policy names every listener");
+                r = config_document_delete(d, CONFIG_KIND_POLICY, "NOPE", &err);
+                expect_refused(d, before, r, -ENOENT, &err, "no policy 'NOPE'", "delete of a missing name: -ENOENT");
+                r = config_document_delete(d, CONFIG_KIND_POLICY, "FREE", &err);
+                ok(r == 0 && !err, "delete of an unused policy");
+                r = config_document_delete(d, CONFIG_KIND_LISTENER, "second", &err);
+                ok(r == 0, "delete of a listener");
+                free(before);
+                before = doc_text(d);
+                r = config_document_delete(d, CONFIG_KIND_LISTENER, "inbound", &err);
+                expect_refused(d, before, r, -EINVAL, &err, "no listeners defined, at least one is required",
+                               "delete of the last listener refused by validation");
+                ok(!strstr(before, "FREE") && !strstr(before, "second"), "deleted objects are gone");
+        }
+
+        /* Globals. */
+        {
+                _cleanup_free_ char *before = NULL;
+                char *dns[] = { "192.0.2.53", NULL };
+
+                r = config_document_set_global(d, (const ConfigValue[]) {
+                                { "hostname", CONFIG_VALUE_STRING, .s = "gw.example.com" },
+                                { "queue.retry_min", CONFIG_VALUE_INT, .i = 30 },
+                                { "tls_client.ca_file", CONFIG_VALUE_STRING, .s = "/etc/ssl/ca.pem" },
+                                { "tls_alerts.enabled", CONFIG_VALUE_BOOL, .b = false },
+                                { "admin_group", CONFIG_VALUE_STRING, .s = "tlsgw-admin" },
+                                { "dns_servers", CONFIG_VALUE_STRV, .strv = dns } }, 6, &err);
+                if (r < 0)
+                        printf("# %s\n", err);
+                ok(r == 0, "set_global: top-level keys and groups");
+                config_document_load(d, "t", &c, NULL);
+                ok(c && streq(c->hostname, "gw.example.com") && c->queue.retry_min == 30 * USEC_PER_SEC &&
+                   streq(c->tls_client.ca_file, "/etc/ssl/ca.pem") && !c->tls_alert_enabled &&
+                   streq(c->admin_group, "tlsgw-admin") && streq(c->dns_servers[0], "192.0.2.53"),
+                   "global values load");
+                config_unref(c);
+                c = NULL;
+
+                before = doc_text(d);
+                r = config_document_set_global(d, &(ConfigValue) { "queue.retry_min", CONFIG_VALUE_STRING, .s = "2h" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "queue: retry_min 2h must not be 0 or longer than retry_max 1h",
+                               "set_global checked against the whole document");
+                r = config_document_set_global(d, &(ConfigValue) { "listeners", CONFIG_VALUE_UNSET }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "'listeners' is changed by adding, setting and deleting its listener objects",
+                               "object lists are not globals");
+                r = config_document_set_global(d, &(ConfigValue) { "admin_group", CONFIG_VALUE_STRING, .s = "Wheel" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "admin_group \"Wheel\" is not a valid group name", "bad admin_group");
+                r = config_document_set_global(d, &(ConfigValue) { "hostname", CONFIG_VALUE_STRING, .s = "a\"b\\c\n" }, 1, &err);
+                expect_refused(d, before, r, -EINVAL, &err, "hostname \"a\"b\\c\\x0a\" is not a valid domain name",
+                               "strings with quotes and control characters survive the writer");
+                r = config_document_set_global(d, &(ConfigValue) { "tls_client.ca_file", CONFIG_VALUE_UNSET }, 1, &err);
+                ok(r == 0, "unset a key inside a group");
+                r = config_document_set_global(d, &(ConfigValue) { "tls_alerts", CONFIG_VALUE_UNSET }, 1, &err);
+                ok(r == 0, "unset a whole group");
+                free(before);
+                before = doc_text(d);
+                ok(!strstr(before, "tls_alerts") && !strstr(before, "/etc/ssl/ca.pem"), "unset keys are gone");
+        }
+        config_document_free(d);
+}
+
+static void test_document_refusals(void) {
+        ConfigDocument *d = NULL;
+        char *err = NULL;
+        int r;
+
+        r = config_document_new("listeners = ( { name = \"x\"; } );\n", "import.conf", NULL, &d, &err);
+        ok(r == -EINVAL && !d && err && strstr(err, "import.conf:1: listener 'x': missing 'address'"),
+           "document_new refuses a text that does not validate, with file:line");
+        free(err);
+        err = NULL;
+        r = config_document_new(BASE "port = 4294967297;\n", "import.conf", NULL, &d, &err);
+        ok(r == -EINVAL && !d && err && strstr(err, "import.conf:3: integer 4294967297 does not fit in 32 bits"),
+           "document_new makes the same literal checks as loading");
+        free(err);
+        err = NULL;
+        r = config_document_new(BASE "x = (;\n", "import.conf", NULL, &d, &err);
+        ok(r == -EINVAL && !d && err && strstr(err, "import.conf:3: syntax error"), "document_new: syntax error");
+        free(err);
+        err = NULL;
+        r = config_document_new(BASE "@include \"x.conf\"\n", "import.conf", NULL, &d, &err);
+        ok(r == -EINVAL && !d && err && strstr(err, "@include is not supported here"), "document_new: no @include");
+        free(err);
+        err = NULL;
+        is_str(config_kind_to_string(CONFIG_KIND_SENDER_GROUP), "sendergroup", "kind to string");
+        is_int(config_kind_from_string("ldap"), CONFIG_KIND_LDAP, "kind from string");
+        is_int(config_kind_from_string("listeners"), -EINVAL, "unknown kind");
+        ok(config_kind_to_string(_CONFIG_KIND_MAX) == NULL, "kind out of range");
+}
+
+#define SECRET "pa ss\"w0rd"
+#define LDAP_DOC BASE \
+        "ldap_profiles = ( { name = \"corp\"; uri = \"ldap://ldap.example.com\"; base = \"dc=example,dc=com\";\n" \
+        "  bind_dn = \"cn=gw,dc=example,dc=com\"; bind_password = \"pa ss\\\"w0rd\"; },\n" \
+        "  { name = \"anon\"; uri = \"ldaps://ldap2.example.com\"; base = \"o=x\"; } );\n"
+
+static void test_document_secrets(void) {
+        _cleanup_free_ char *redacted = NULL, *enc = NULL, *tampered = NULL, *plain = NULL, *again = NULL;
+        ConfigDocument *d = NULL, *d2 = NULL;
+        Config *c = NULL;
+        char *err = NULL, *p;
+        int r;
+
+        r = config_document_new(LDAP_DOC, "ldap.conf", NULL, &d, &err);
+        if (r < 0)
+                printf("# %s\n", err);
+        ok(r == 0, "document with a bind_password");
+        if (!d)
+                return;
+
+        r = config_document_to_text(d, CONFIG_SECRETS_REDACT, NULL, &redacted);
+        ok(r == 0 && !strstr(redacted, "w0rd") && !strstr(redacted, "bind_password") && strstr(redacted, "bind_dn"),
+           "REDACT leaves the secret out");
+        r = config_load_string(redacted, "r", &c, NULL);
+        ok(r == 0 && c && !c->ldap[0].bind_password, "redacted text loads without the secret");
+        config_unref(c);
+        c = NULL;
+
+        is_int(config_document_to_text(d, CONFIG_SECRETS_ENCRYPT, NULL, &enc), -EINVAL, "ENCRYPT needs a password");
+        r = config_document_to_text(d, CONFIG_SECRETS_ENCRYPT, "correct horse", &enc);
+        ok(r == 0 && enc && !strstr(enc, "w0rd") && strstr(enc, "bind_password = \"enc:v1:"), "ENCRYPT writes enc:v1:");
+        if (!enc) {
+                config_document_free(d);
+                return;
+        }
+        r = config_load_string(enc, "enc.conf", &c, &err);
+        ok(r == -EINVAL && err && strstr(err, "bind_password is encrypted"), "an encrypted text does not load as a file");
+        free(err);
+        err = NULL;
+
+        r = config_document_new(enc, "enc.conf", NULL, &d2, &err);
+        ok(r == -EKEYREJECTED && !d2 && err &&
+           streq(err, "enc.conf: the configuration has encrypted secrets; a password is needed"),
+           "encrypted secrets without a password: -EKEYREJECTED");
+        free(err);
+        err = NULL;
+        r = config_document_new(enc, "enc.conf", "wrong", &d2, &err);
+        ok(r == -EKEYREJECTED && !d2 && err && streq(err, "enc.conf: wrong password for the encrypted secrets"),
+           "wrong password: -EKEYREJECTED");
+        free(err);
+        err = NULL;
+
+        /* Flip one bit of the ciphertext: the tag must catch it. */
+        tampered = strdup(enc);
+        p = strstr(tampered, "enc:v1:") + strlen("enc:v1:") + 40;
+        *p = *p == 'A' ? 'B' : 'A';
+        r = config_document_new(tampered, "enc.conf", "correct horse", &d2, &err);
+        ok(r == -EKEYREJECTED && !d2, "tampered secret: -EKEYREJECTED");
+        free(err);
+        err = NULL;
+        free(tampered);
+        tampered = strdup(enc);
+        p = strstr(tampered, "enc:v1:") + strlen("enc:v1:");
+        memmove(p, p + 8, strlen(p + 8) + 1);
+        r = config_document_new(tampered, "enc.conf", "correct horse", &d2, &err);
+        ok(r == -EKEYREJECTED && !d2, "truncated secret: -EKEYREJECTED");
+        free(err);
+        err = NULL;
+
+        r = config_document_new(enc, "enc.conf", "correct horse", &d2, &err);
+        ok(r == 0 && d2, "right password decrypts");
+        if (d2) {
+                plain = doc_text(d2);
+                ok(strstr(plain, "bind_password = \"pa ss\\\"w0rd\""), "KEEP writes the decrypted secret as it is");
+                r = config_document_load(d2, "t", &c, NULL);
+                ok(r == 0 && c && streq(c->ldap[0].bind_password, SECRET) && !c->ldap[1].bind_password,
+                   "decrypted document loads with the secret");
+                config_unref(c);
+                c = NULL;
+                r = config_document_to_text(d2, CONFIG_SECRETS_ENCRYPT, "correct horse", &again);
+                ok(r == 0 && !streq(again, enc), "each encryption uses a fresh salt and IV");
+                config_document_free(d2);
+                d2 = NULL;
+        }
+        r = config_document_new(LDAP_DOC, "ldap.conf", "unused", &d2, &err);
+        ok(r == 0 && d2, "a password without encrypted values is harmless");
+        config_document_free(d2);
+        config_document_free(d);
+}
+
 static void remove_tmpdir(void) {
         DIR *d = opendir(tmpdir);
         struct dirent *de;
@@ -885,6 +1505,12 @@ int main(void) {
         test_tls_errors();
         test_tls_strings();
         test_tls_validate();
+        test_https_ldap();
+        test_document_example();
+        test_document_defaults();
+        test_document_edits();
+        test_document_refusals();
+        test_document_secrets();
 
         remove_tmpdir();
         return tap_done();

@@ -5,7 +5,9 @@
  * routes only, so no DNS answer is ever needed) and the real DSN builder.
  * The dispatch function stands in for the worker pool: it scripts each
  * recipient's outcome from its local part, and a thread posts the job back
- * through the Mailbox after a short delay, as a worker would.
+ * through the Mailbox after a short delay, as a worker would. The
+ * administration calls (list, show, delete, flush) run against the same
+ * queue and spool.
  */
 
 #include <dirent.h>
@@ -731,6 +733,134 @@ static void test_flush(void) {
         config->queue.retry_max = TEST_RETRY_MAX;
 }
 
+/* ---- administration ---- */
+
+#define ADMIN_SEEN_MAX 8
+
+typedef struct AdminSeen {
+        size_t n;
+        uint64_t mids[ADMIN_SEEN_MAX];
+        char sender[ADDR_MAX];
+        uint64_t arrival, size;
+        size_t n_rcpts;
+        char state[2][16];
+        unsigned attempts[2];
+        uint64_t next_attempt[2];
+        char reply[2][ADDR_MAX];
+        int stop_after;                 /* return -ECANCELED after this many */
+} AdminSeen;
+
+static int admin_collect(const QueueMessageInfo *info, void *userdata) {
+        AdminSeen *a = userdata;
+
+        if (a->n < ADMIN_SEEN_MAX)
+                a->mids[a->n] = info->mid;
+        if (a->n == 0) {
+                snprintf(a->sender, ADDR_MAX, "%s", info->sender);
+                a->arrival = info->arrival;
+                a->size = info->size;
+                a->n_rcpts = info->n_rcpts;
+                for (size_t i = 0; i < info->n_rcpts && i < 2; i++) {
+                        snprintf(a->state[i], sizeof a->state[i], "%s", info->rcpts[i].state);
+                        a->attempts[i] = info->rcpts[i].attempts;
+                        a->next_attempt[i] = info->rcpts[i].next_attempt;
+                        snprintf(a->reply[i], ADDR_MAX, "%s", info->rcpts[i].last_reply ?: "(null)");
+                }
+        }
+        a->n++;
+        if (a->stop_after > 0 && a->n >= (size_t) a->stop_after)
+                return -ECANCELED;
+        return 0;
+}
+
+static bool hold_a_deferred(void) {
+        Attempts *a = attempts_get("hold-a@c.test");
+        Attempts *b = attempts_get("hold-b@c.test");
+
+        return a && a->n >= 1 && b && b->n >= 1 && no_active();
+}
+
+static bool something_active(void) {
+        return queue_n_active(queue) > 0;
+}
+
+static void test_admin(void) {
+        const char *r1[] = { "hold-a@c.test", "ok-a@a.test", NULL };
+        const char *r2[] = { "hold-b@c.test", NULL };
+        const char *r3[] = { "ok-busy@b.test", NULL };
+        AdminSeen seen_all = {}, seen_one = {}, seen_stop = { .stop_after = 1 };
+        uint64_t m1, m2, m3, before = now_real();
+        size_t files;
+        int r;
+
+        reset_seen();
+        hold_ok = false;
+        config->queue.retry_min = 10 * USEC_PER_SEC;
+        config->queue.retry_max = 10 * USEC_PER_SEC;
+        is_int(queue_flush_count(queue), 0, "admin: flushing an empty queue makes nothing due");
+        r = queue_foreach(queue, admin_collect, &seen_all);
+        ok(r == 0 && seen_all.n == 0, "admin: an empty queue lists nothing");
+
+        m1 = spool_message("carol@s.test", r1, 0);
+        m2 = spool_message("dave@s.test", r2, 0);
+        ok(m1 > 0 && m2 > m1, "admin: two messages spooled");
+        ok(run_until(hold_a_deferred, WAIT_DEFAULT_USEC), "admin: hold recipients deferred, ok-a delivered");
+        is_int(queue_n_messages(queue), 2, "admin: both messages still queued");
+
+        r = queue_foreach(queue, admin_collect, &seen_all);
+        is_int(r, 0, "admin: queue_foreach succeeds");
+        is_int(seen_all.n, 2, "admin: both messages listed");
+        ok(seen_all.mids[0] == m1 && seen_all.mids[1] == m2, "admin: listed in MID order");
+        is_str(seen_all.sender, "carol@s.test", "admin: sender");
+        ok(seen_all.arrival >= before - USEC_PER_SEC && seen_all.arrival <= now_real(), "admin: arrival time");
+        ok(seen_all.size > 100, "admin: size is the spooled data size (%" PRIu64 ")", seen_all.size);
+        is_int(seen_all.n_rcpts, 2, "admin: every recipient listed");
+        is_str(seen_all.state[0], "pending", "admin: deferred recipient is pending");
+        is_int(seen_all.attempts[0], 1, "admin: one failed attempt counted");
+        ok(seen_all.next_attempt[0] > now_real() + 5 * USEC_PER_SEC, "admin: next attempt after retry_min");
+        is_str(seen_all.reply[0], "421 4.4.2 connection dropped", "admin: last reply of the pending recipient");
+        is_str(seen_all.state[1], "delivered", "admin: delivered recipient");
+        ok(seen_all.next_attempt[1] == 0, "admin: a final recipient has no next attempt");
+        is_str(seen_all.reply[1], "250 2.0.0 Ok", "admin: last reply of the delivered recipient");
+
+        r = queue_foreach(queue, admin_collect, &seen_stop);
+        ok(r == -ECANCELED && seen_stop.n == 1, "admin: a negative callback return stops the walk and is returned");
+
+        r = queue_get(queue, m2, admin_collect, &seen_one);
+        ok(r == 0 && seen_one.n == 1 && seen_one.mids[0] == m2, "admin: queue_get finds one message");
+        is_str(seen_one.sender, "dave@s.test", "admin: queue_get sender");
+        is_int(queue_get(queue, m2 + 1000, admin_collect, &seen_one), -ENOENT, "admin: queue_get unknown MID");
+
+        /* Delete: gone from the queue and the spool, and no DSN. */
+        files = spool_files();
+        r = queue_delete(queue, m2);
+        is_int(r, 0, "admin: queue_delete");
+        is_int(queue_n_messages(queue), 1, "admin: one message left");
+        is_int(spool_files(), files - 1, "admin: spool file removed");
+        is_int(queue_get(queue, m2, admin_collect, &seen_one), -ENOENT, "admin: deleted message not found");
+        is_int(queue_delete(queue, m2), -ENOENT, "admin: deleting twice says not found");
+        run_for(300 * USEC_PER_MSEC);
+        ok(find_from_null(0) == NULL, "admin: no bounce for a deleted message");
+        is_int(attempts_get("hold-b@c.test")->n, 1, "admin: the deleted recipient is never tried again");
+
+        /* A message out with a worker cannot be deleted. */
+        m3 = spool_message("erin@s.test", r3, 0);
+        ok(m3 > 0 && run_until(something_active, WAIT_DEFAULT_USEC), "admin: a delivery in progress");
+        is_int(queue_delete(queue, m3), -EBUSY, "admin: deleting a message in delivery is refused");
+        ok(run_until(no_active, WAIT_DEFAULT_USEC), "admin: that delivery completes");
+        is_int(queue_get(queue, m3, admin_collect, &seen_one), -ENOENT, "admin: and the message is done");
+
+        /* Flush: the one deferred recipient becomes due at once. */
+        hold_ok = true;
+        is_int(queue_flush_count(queue), 1, "admin: flush makes the one deferred recipient due");
+        ok(run_until(queue_idle, WAIT_DEFAULT_USEC), "admin: flushed message delivered");
+        is_int(attempts_get("hold-a@c.test")->n, 2, "admin: exactly one more attempt");
+        is_int(spool_files(), 0, "admin: spool empty afterwards");
+        hold_ok = false;
+        config->queue.retry_min = TEST_RETRY_MIN;
+        config->queue.retry_max = TEST_RETRY_MAX;
+}
+
 int main(void) {
         char *servers[] = { (char *) "127.0.0.1:9", NULL };
         int r;
@@ -766,6 +896,7 @@ int main(void) {
         test_bounce();
         test_expiry();
         test_flush();
+        test_admin();
         test_recover();
 
         queue_stop(queue);
