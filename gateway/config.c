@@ -1471,6 +1471,23 @@ static void strv_check(Diag *d, const char *file, const unsigned *lines, char **
                                  log_escape(v[i], strlen(v[i]), esc, sizeof(esc)));
 }
 
+/* A top-level list of groups: an array of T, each element read by fn.
+ * Used inside parse_root()'s loop (d, m, key, k in scope); a repeated key
+ * is ignored (libconfig already refuses duplicates). */
+#define PARSE_GROUP_LIST(array, count, T, fn)                                                   \
+        do {                                                                                    \
+                if ((k = check_group_list(d, m, key)) < 0 || (array))                           \
+                        break;                                                                  \
+                (array) = calloc(MAX(k, 1), sizeof(T));                                         \
+                if (!(array)) {                                                                 \
+                        d->oom = true;                                                          \
+                        return;                                                                 \
+                }                                                                               \
+                (count) = (size_t) k;                                                           \
+                for (int j = 0; j < k; j++)                                                     \
+                        fn(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &(array)[j]); \
+        } while (0)
+
 static void parse_root(Diag *d, const config_setting_t *root, Config *c) {
         int n;
 
@@ -1504,71 +1521,17 @@ static void parse_root(Diag *d, const config_setting_t *root, Config *c) {
                                 strv_check(d, setting_file(d, m), lines, *v, alert_recipient_is_valid,
                                            "alert_recipients entry (want local@domain)");
                 } else if (streq(key, "listeners")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->listeners)
-                                continue;
-                        c->listeners = calloc(MAX(k, 1), sizeof(ListenerConfig));
-                        if (!c->listeners) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_listeners = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_listener(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->listeners[j]);
+                        PARSE_GROUP_LIST(c->listeners, c->n_listeners, ListenerConfig, parse_listener);
                 } else if (streq(key, "policies")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->policies)
-                                continue;
-                        c->policies = calloc(MAX(k, 1), sizeof(MailFlowPolicy));
-                        if (!c->policies) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_policies = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_policy(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->policies[j]);
+                        PARSE_GROUP_LIST(c->policies, c->n_policies, MailFlowPolicy, parse_policy);
                 } else if (streq(key, "sender_groups")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->sender_groups)
-                                continue;
-                        c->sender_groups = calloc(MAX(k, 1), sizeof(SenderGroup));
-                        if (!c->sender_groups) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_sender_groups = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_sender_group(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->sender_groups[j]);
+                        PARSE_GROUP_LIST(c->sender_groups, c->n_sender_groups, SenderGroup, parse_sender_group);
                 } else if (streq(key, "routes")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->routes)
-                                continue;
-                        c->routes = calloc(MAX(k, 1), sizeof(RouteConfig));
-                        if (!c->routes) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_routes = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_route(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->routes[j]);
+                        PARSE_GROUP_LIST(c->routes, c->n_routes, RouteConfig, parse_route);
                 } else if (streq(key, "https_interfaces")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->https)
-                                continue;
-                        c->https = calloc(MAX(k, 1), sizeof(HttpsConfig));
-                        if (!c->https) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_https = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_https(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->https[j]);
+                        PARSE_GROUP_LIST(c->https, c->n_https, HttpsConfig, parse_https);
                 } else if (streq(key, "ldap_profiles")) {
-                        if ((k = check_group_list(d, m, key)) < 0 || c->ldap)
-                                continue;
-                        c->ldap = calloc(MAX(k, 1), sizeof(LdapConfig));
-                        if (!c->ldap) {
-                                d->oom = true;
-                                return;
-                        }
-                        c->n_ldap = (size_t) k;
-                        for (int j = 0; j < k; j++)
-                                parse_ldap(d, config_setting_get_elem(m, (unsigned) j), (size_t) j + 1, &c->ldap[j]);
+                        PARSE_GROUP_LIST(c->ldap, c->n_ldap, LdapConfig, parse_ldap);
                 } else if (streq(key, "admin_group")) {
                         if (get_string(d, m, NULL, key, &c->admin_group) >= 0)
                                 (void) admin_group_check(d, setting_file(d, m), config_setting_source_line(m), c->admin_group);
