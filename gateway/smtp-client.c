@@ -39,6 +39,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -680,6 +681,15 @@ static int client_connect_next(Client *c) {
                 }
 
                 fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (fd >= 0) {
+                        /* The body goes out with sendfile() and the final
+                         * ".\r\n" as a small write right after it: with
+                         * Nagle that write waits for the peer's delayed ACK
+                         * (40 ms on Linux) on every message. Our writes are
+                         * whole commands and replies already. */
+                        int one = 1;
+                        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                }
                 if (fd < 0)
                         r = -errno;
                 else if (connect(fd, (const struct sockaddr *) &t->addr, t->addrlen) < 0 && errno != EINPROGRESS)
