@@ -327,26 +327,15 @@ static int verb_cert_upload(int argc, char *argv[]) {
 }
 
 static int verb_cert_import(int argc, char *argv[]) {
-        enum { ARG_PASSWORD_FILE = 0x100 };
-        static const struct option options[] = {
-                { "password-file", required_argument, NULL, ARG_PASSWORD_FILE },
-                {}
-        };
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_free_ char *data = NULL, *password = NULL;
-        const char *password_file = NULL;
+        const char *password_file;
         size_t len;
-        int c, r;
+        int r;
 
-        gw_reset_getopt();
-        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
-                switch (c) {
-                case ARG_PASSWORD_FILE:
-                        password_file = optarg;
-                        break;
-                default:
-                        return GWCTL_EXIT_USAGE;
-                }
+        r = gw_parse_password_file(argc, argv, &password_file);
+        if (r != 0)
+                return r;
         if (argc - optind != 2)
                 return gw_usage("'cert import' needs NAME and a PKCS#12 FILE");
         r = gw_read_file(argv[optind + 1], &data, &len);

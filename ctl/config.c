@@ -308,24 +308,13 @@ static int verb_config_export(int argc, char *argv[]) {
 }
 
 static int verb_config_import(int argc, char *argv[]) {
-        enum { ARG_PASSWORD_FILE = 0x100 };
-        static const struct option options[] = {
-                { "password-file", required_argument, NULL, ARG_PASSWORD_FILE },
-                {}
-        };
         _cleanup_free_ char *text = NULL, *password = NULL;
-        const char *password_file = NULL;
-        int c, r;
+        const char *password_file;
+        int r;
 
-        gw_reset_getopt();
-        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
-                switch (c) {
-                case ARG_PASSWORD_FILE:
-                        password_file = optarg;
-                        break;
-                default:
-                        return GWCTL_EXIT_USAGE;
-                }
+        r = gw_parse_password_file(argc, argv, &password_file);
+        if (r != 0)
+                return r;
         if (argc - optind != 1)
                 return gw_usage("'config import' needs one FILE");
         r = gw_read_file(argv[optind], &text, NULL);

@@ -100,6 +100,27 @@ void gw_reset_getopt(void) {
         opterr = 1;
 }
 
+int gw_parse_password_file(int argc, char *argv[], const char **ret_file) {
+        enum { ARG_PASSWORD_FILE = 0x100 };
+        static const struct option options[] = {
+                { "password-file", required_argument, NULL, ARG_PASSWORD_FILE },
+                {}
+        };
+        int c;
+
+        *ret_file = NULL;
+        gw_reset_getopt();
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case ARG_PASSWORD_FILE:
+                        *ret_file = optarg;
+                        break;
+                default:
+                        return GWCTL_EXIT_USAGE;
+                }
+        return GWCTL_EXIT_OK;
+}
+
 int gw_bus(sd_bus **ret) {
         int r;
 

@@ -118,6 +118,9 @@ const char *gw_format_duration(uint64_t usec, char *buf, size_t len);
 
 /* Prepares getopt_long for a verb's own argument vector. */
 void gw_reset_getopt(void);
+/* Parses a verb whose only option is --password-file FILE; operands start
+ * at optind afterwards. GWCTL_EXIT_OK or GWCTL_EXIT_USAGE. */
+int gw_parse_password_file(int argc, char *argv[], const char **ret_file);
 
 /* Unexpected reply contents: prints and returns GWCTL_EXIT_FAILED. */
 int gw_bad_reply(int r);
