@@ -2,7 +2,8 @@
 /*
  * The durable spool (see spool.h for the layout and the group commit).
  *
- * A message file is a text envelope header followed by the message data:
+ * Every message starts with a text envelope header followed by the message
+ * data:
  *
  *      tlsgw-spool 1
  *      mid 7
@@ -20,11 +21,25 @@
  * Values are escaped (%XX for '%', control octets and DEL), so no value can
  * hold CR, LF or NUL and every header line is non-empty: the first "\n\n"
  * ends the header. Lines for NULL fields (listener, client-ip, helo) are
- * left out. The size field is written as dashes when the file is created
- * and filled with the real data size by spool_writer_commit() just before
- * the rename into msg/: a file whose size field is not "file size minus
- * header length" was never sealed and never acknowledged, so recovery may
- * delete it.
+ * left out. The size field holds dashes until the message is sealed at
+ * commit.
+ *
+ * Where it is stored depends on its size. Most mail is small: a writer keeps
+ * header and data in memory, and the commit appends them as one record to
+ * the current segment file (seg/<N>), a binary RecordHead in front carrying
+ * the lengths and CRC-32s of itself and of the rest. Per-recipient outcomes
+ * and "message done" go to seg/<N>.log, one line per write. A segment is
+ * deleted when its last message is done; recovery reads the records up to
+ * the first one that does not check (a tail torn by a crash, written after
+ * the last acknowledged message) and never appends to an old segment. No
+ * file is created, renamed or unlinked per message, which on ext4 and most
+ * file systems is the dominant cost of a file-per-message spool (inode
+ * allocation and the directory lock).
+ *
+ * A message that outgrows SPOOL_INLINE_MAX while arriving moves to its own
+ * file, tmp/<MID>, renamed into msg/<MID> at commit, with outcomes in
+ * msg/<MID>.state. A file whose size field is not "file size minus header
+ * length" was never sealed and never acknowledged, so recovery deletes it.
  *
  * This module does not decide what happens to a message (queue.c does),
  * does not interpret the message data and never logs: every function
@@ -32,6 +47,7 @@
  */
 
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -42,6 +58,14 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <zlib.h>
+
+/* Allocation failures inside the hash table are reported on the entry
+ * that could not be added, not fatal. */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(e) ((e)->oom = true)
+#include <uthash.h>
 
 #include "spool.h"
 #include "util/macro.h"
@@ -72,6 +96,25 @@
 #define SPOOL_IDS_TMP "ids.tmp"
 #define SPOOL_IDS_MAGIC "tlsgw-ids 1"
 
+/* Messages whose header and data stay below this are held in memory while
+ * they arrive and appended to a segment at commit; larger ones get their
+ * own file. Most mail is a few tens of KiB; 256 KiB per session receiving
+ * DATA bounds the memory this costs. */
+#define SPOOL_INLINE_MAX_DEFAULT (256U * 1024U)
+/* A segment is closed for appends at this size. Larger segments mean fewer
+ * files; smaller ones free disk sooner when one old message is deferred
+ * for days (a segment lives as long as its last message). */
+#define SPOOL_SEGMENT_MAX_DEFAULT (8U * 1024U * 1024U)
+/* First allocation for an in-memory message body; grows by doubling. */
+#define SPOOL_WRITER_CHUNK (16U * 1024U)
+/* Read size while checking a record on recovery. */
+#define SPOOL_SCAN_CHUNK (64U * 1024U)
+/* One log line: "<MID> <RID> <state>\n" or "<MID> done\n". */
+#define SPOOL_LOG_LINE_MAX 80
+
+#define SPOOL_RECORD_MAGIC "tlsgwR1\n"
+#define SPOOL_LOG_SUFFIX ".log"
+
 static const char * const id_kind_table[_SPOOL_ID_MAX] = {
         [SPOOL_ID_ICID] = "icid",
         [SPOOL_ID_MID]  = "mid",
@@ -95,15 +138,59 @@ typedef struct SpoolCommit {
         int error;
 } SpoolCommit;
 
+/* In front of every record of a segment, in native byte order (a spool is
+ * read by the machine that wrote it). */
+typedef struct RecordHead {
+        char magic[8];                  /* SPOOL_RECORD_MAGIC */
+        uint64_t mid;
+        uint64_t data_size;
+        uint32_t header_size;           /* envelope header, "\n\n" included */
+        uint32_t crc;                   /* CRC-32 of header and data */
+        uint32_t reserved;              /* zero */
+        uint32_t head_crc;              /* CRC-32 of the fields above */
+} RecordHead;
+
+_Static_assert(sizeof(RecordHead) == 40, "RecordHead has no padding");
+
+typedef struct Segment {
+        uint64_t number;
+        int fd;                         /* read-write; duplicated for delivery */
+        int log_fd;                     /* <N>.log, opened on the first line */
+        uint64_t size;                  /* end of the last complete record */
+        size_t live;                    /* messages not done */
+        struct Segment *prev, *next;
+} Segment;
+
+/* Where a segment message lives; the index is keyed by MID. */
+typedef struct SegmentEntry {
+        uint64_t mid;
+        Segment *segment;
+        uint64_t data_offset;
+        uint64_t data_size;
+        bool oom;                       /* set when the index could not grow */
+        UT_hash_handle hh;
+} SegmentEntry;
+
 struct Spool {
         char *dir;
         int dir_fd;
         int tmp_fd;
         int msg_fd;
+        int seg_fd;
+
+        size_t inline_max;
+        size_t segment_max;
 
         pthread_mutex_t id_lock;
         uint64_t id_next[_SPOOL_ID_MAX];
         uint64_t id_limit[_SPOOL_ID_MAX];       /* persisted: IDs < limit may be in use */
+
+        pthread_mutex_t index_lock;             /* protects the fields below up to lock */
+        Segment *segments;
+        Segment *current;                       /* appended to; NULL until the first commit */
+        uint64_t segment_next;
+        SegmentEntry *entries;
+        size_t n_files;                         /* messages in msg/ */
 
         pthread_mutex_t lock;                   /* protects the fields below */
         pthread_cond_t cond;
@@ -115,12 +202,18 @@ struct Spool {
 
 struct SpoolWriter {
         Spool *spool;
-        int fd;
         uint64_t mid;
-        uint64_t data_offset;
-        uint64_t size_offset;
         uint64_t data_size;
+        size_t header_size;
+        size_t size_offset;                     /* of the size field, in the header */
         bool broken;                            /* a write failed: commit refuses */
+
+        /* In memory: a RecordHead, the header, the data so far. */
+        uint8_t *mem;
+        size_t mem_len, mem_cap;
+
+        /* Spilled to tmp/<MID> (fd >= 0): header and data. */
+        int fd;
         char name[SPOOL_NAME_MAX];
 };
 
@@ -664,6 +757,207 @@ static void ids_bump(Spool *s, SpoolIdKind kind, uint64_t seen) {
         pthread_mutex_unlock(&s->id_lock);
 }
 
+
+/* ---- segments (callers hold index_lock) ---- */
+
+static void segment_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]) {
+        (void) snprintf(buf, SPOOL_NAME_MAX, "%" PRIu64 "%s", number, suffix);
+}
+
+static void segment_free(Spool *s, Segment *seg) {
+        if (seg->prev)
+                seg->prev->next = seg->next;
+        else
+                s->segments = seg->next;
+        if (seg->next)
+                seg->next->prev = seg->prev;
+        if (s->current == seg)
+                s->current = NULL;
+        safe_close(seg->fd);
+        safe_close(seg->log_fd);
+        free(seg);
+}
+
+/* All its messages are done: the segment first, then its log, so that a
+ * crash in between leaves only an orphan log (removed by recovery), never
+ * messages without their outcomes. */
+static void segment_drop(Spool *s, Segment *seg) {
+        char name[SPOOL_NAME_MAX];
+
+        segment_name(seg->number, "", name);
+        (void) unlinkat(s->seg_fd, name, 0);
+        segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+        (void) unlinkat(s->seg_fd, name, 0);
+        segment_free(s, seg);
+}
+
+static Segment *segment_link(Spool *s, uint64_t number, int fd, uint64_t size) {
+        Segment *seg = calloc(1, sizeof *seg);
+
+        if (!seg)
+                return NULL;
+        *seg = (Segment) {
+                .number = number,
+                .fd = fd,
+                .log_fd = -EBADF,
+                .size = size,
+                .next = s->segments,
+        };
+        if (s->segments)
+                s->segments->prev = seg;
+        s->segments = seg;
+        return seg;
+}
+
+/* Stops appending to the current segment; it goes once it is empty. */
+static void segment_close_current(Spool *s) {
+        Segment *seg = s->current;
+
+        s->current = NULL;
+        if (seg && seg->live == 0)
+                segment_drop(s, seg);
+}
+
+/* The segment a record of `len` octets goes to: the current one while it
+ * has room (an empty segment takes any record), else a new one. */
+static int segment_for_append(Spool *s, size_t len, Segment **ret) {
+        char name[SPOOL_NAME_MAX];
+        Segment *seg;
+        int fd;
+
+        if (s->current && (s->current->size == 0 || s->current->size + len <= s->segment_max)) {
+                *ret = s->current;
+                return 0;
+        }
+        segment_close_current(s);
+
+        segment_name(s->segment_next, "", name);
+        /* O_EXCL: numbers only grow, so an existing file is not ours to
+         * append to. */
+        fd = openat(s->seg_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        seg = segment_link(s, s->segment_next, fd, 0);
+        if (!seg) {
+                (void) unlinkat(s->seg_fd, name, 0);
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        s->segment_next++;
+        s->current = seg;
+        *ret = seg;
+        return 0;
+}
+
+/* One write per line: concurrent appenders never interleave inside a line,
+ * and a crash tears at most the last line, which recovery ignores. No
+ * fsync: at worst a recipient is delivered twice after a crash, never
+ * lost. */
+static int segment_log(Spool *s, Segment *seg, const char *line, size_t len) {
+        ssize_t k;
+
+        if (seg->log_fd < 0) {
+                char name[SPOOL_NAME_MAX];
+
+                segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+                seg->log_fd = openat(s->seg_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+                if (seg->log_fd < 0) {
+                        int r = -errno;
+
+                        seg->log_fd = -EBADF;
+                        return r;
+                }
+        }
+        do
+                k = write(seg->log_fd, line, len);
+        while (k < 0 && errno == EINTR);
+        if (k < 0)
+                return -errno;
+        return (size_t) k == len ? 0 : -EIO;
+}
+
+static SegmentEntry *entry_find(Spool *s, uint64_t mid) {
+        SegmentEntry *e = NULL;
+
+        HASH_FIND(hh, s->entries, &mid, sizeof(uint64_t), e);
+        return e;
+}
+
+static int entry_add(Spool *s, Segment *seg, uint64_t mid, uint64_t data_offset, uint64_t data_size) {
+        SegmentEntry *e = calloc(1, sizeof *e);
+
+        if (!e)
+                return -ENOMEM;
+        *e = (SegmentEntry) {
+                .mid = mid,
+                .segment = seg,
+                .data_offset = data_offset,
+                .data_size = data_size,
+        };
+        HASH_ADD(hh, s->entries, mid, sizeof(uint64_t), e);
+        if (e->oom) {
+                free(e);
+                return -ENOMEM;
+        }
+        seg->live++;
+        return 0;
+}
+
+/* The message is done (or was never safe): forget it, and the segment with
+ * it when it was the last one there. */
+static void entry_remove(Spool *s, SegmentEntry *e) {
+        Segment *seg = e->segment;
+
+        HASH_DEL(s->entries, e);
+        free(e);
+        if (--seg->live == 0 && seg != s->current)
+                segment_drop(s, seg);
+}
+
+/* Appends the writer's in-memory record to the current segment and indexes
+ * it. The write happens under index_lock, so a segment is always a run of
+ * complete records followed at most by a torn tail that no commit has
+ * covered yet: every record before an acknowledged one was written before
+ * it, hence made durable by the same sync. */
+static int segment_append(Spool *s, SpoolWriter *w) {
+        RecordHead *head = (RecordHead *) w->mem;
+        Segment *seg = NULL;
+        int r;
+
+        *head = (RecordHead) {
+                .mid = w->mid,
+                .data_size = w->data_size,
+                .header_size = (uint32_t) w->header_size,
+                .crc = (uint32_t) crc32(0, w->mem + sizeof(RecordHead), (uInt) (w->mem_len - sizeof(RecordHead))),
+        };
+        memcpy(head->magic, SPOOL_RECORD_MAGIC, sizeof head->magic);
+        head->head_crc = (uint32_t) crc32(0, (const Bytef *) head, offsetof(RecordHead, head_crc));
+
+        pthread_mutex_lock(&s->index_lock);
+        r = segment_for_append(s, w->mem_len, &seg);
+        if (r < 0)
+                goto unlock;
+        r = pwrite_all(seg->fd, w->mem, w->mem_len, (off_t) seg->size);
+        if (r < 0) {
+                /* Cut the partial record off; if even that fails, no later
+                 * record may follow it. */
+                if (ftruncate(seg->fd, (off_t) seg->size) < 0)
+                        segment_close_current(s);
+                goto unlock;
+        }
+        r = entry_add(s, seg, w->mid, seg->size + sizeof(RecordHead) + w->header_size, w->data_size);
+        if (r < 0) {
+                /* Unindexed, so it must not come back either. */
+                if (ftruncate(seg->fd, (off_t) seg->size) < 0)
+                        segment_close_current(s);
+                goto unlock;
+        }
+        seg->size += w->mem_len;
+unlock:
+        pthread_mutex_unlock(&s->index_lock);
+        return r;
+}
+
 /* ---- flusher ---- */
 
 static void commit_dispatch(void *userdata) {
@@ -690,9 +984,9 @@ static void *flusher_thread(void *userdata) {
                 if (!batch)
                         break;          /* stopping and nothing left */
 
-                /* One syncfs(2) writes back the data of every file in the
-                 * batch, their renames into msg/ and the directories: all
-                 * of them live on the spool's file system. */
+                /* One syncfs(2) writes back every record and file of the
+                 * batch, the renames into msg/ and the directories: all of
+                 * them live on the spool's file system. */
                 if (syncfs(s->dir_fd) < 0)
                         r = -errno;
 
@@ -702,15 +996,11 @@ static void *flusher_thread(void *userdata) {
                         batch = c->next;
                         c->next = NULL;
                         c->error = r;
-                        if (r < 0) {
+                        if (r < 0)
                                 /* Not durable, so not acknowledged: the
                                  * client gets 451 and retries; remove it so
                                  * it is not delivered twice either. */
-                                char name[SPOOL_NAME_MAX];
-
-                                mid_name(c->mid, name);
-                                (void) unlinkat(s->msg_fd, name, 0);
-                        }
+                                (void) spool_remove(s, c->mid);
                         if (mailbox_post(c->reply_to, commit_dispatch, c) < 0)
                                 /* Only -ENOMEM; nothing left to tell. */
                                 free(c);
@@ -732,8 +1022,12 @@ int spool_open(const char *dir, Spool **ret) {
         s = calloc(1, sizeof *s);
         if (!s)
                 return -ENOMEM;
-        s->dir_fd = s->tmp_fd = s->msg_fd = -EBADF;
+        s->dir_fd = s->tmp_fd = s->msg_fd = s->seg_fd = -EBADF;
+        s->inline_max = SPOOL_INLINE_MAX_DEFAULT;
+        s->segment_max = SPOOL_SEGMENT_MAX_DEFAULT;
+        s->segment_next = 1;
         pthread_mutex_init(&s->id_lock, NULL);
+        pthread_mutex_init(&s->index_lock, NULL);
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
         for (int k = 0; k < _SPOOL_ID_MAX; k++)
@@ -762,6 +1056,11 @@ int spool_open(const char *dir, Spool **ret) {
                 r = s->msg_fd;
                 goto fail;
         }
+        s->seg_fd = subdir_open(s->dir_fd, "seg");
+        if (s->seg_fd < 0) {
+                r = s->seg_fd;
+                goto fail;
+        }
         r = ids_load(s);
         if (r < 0)
                 goto fail;
@@ -784,6 +1083,8 @@ fail:
 }
 
 Spool *spool_free(Spool *s) {
+        SegmentEntry *e, *etmp;
+
         if (!s)
                 return NULL;
 
@@ -795,11 +1096,20 @@ Spool *spool_free(Spool *s) {
                 pthread_join(s->thread, NULL);
         }
 
+        HASH_ITER(hh, s->entries, e, etmp) {
+                HASH_DEL(s->entries, e);
+                free(e);
+        }
+        while (s->segments)
+                segment_free(s, s->segments);
+
+        safe_close(s->seg_fd);
         safe_close(s->msg_fd);
         safe_close(s->tmp_fd);
         safe_close(s->dir_fd);
         pthread_cond_destroy(&s->cond);
         pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->index_lock);
         pthread_mutex_destroy(&s->id_lock);
         free(s->dir);
         free(s);
@@ -810,12 +1120,71 @@ const char *spool_dir(const Spool *s) {
         return s->dir;
 }
 
+int spool_set_limits(Spool *s, size_t inline_max, size_t segment_max) {
+        if (!s || segment_max == 0)
+                return -EINVAL;
+        pthread_mutex_lock(&s->index_lock);
+        s->inline_max = inline_max;
+        s->segment_max = segment_max;
+        pthread_mutex_unlock(&s->index_lock);
+        return 0;
+}
+
+size_t spool_n_messages(Spool *s) {
+        size_t n;
+
+        pthread_mutex_lock(&s->index_lock);
+        n = HASH_COUNT(s->entries) + s->n_files;
+        pthread_mutex_unlock(&s->index_lock);
+        return n;
+}
+
 /* ---- writers ---- */
+
+/* Moves an in-memory message to tmp/<MID> and continues there. */
+static int writer_spill(SpoolWriter *w) {
+        Spool *s = w->spool;
+        int r;
+
+        /* O_EXCL: a MID is never reused, so an existing file is a bug. */
+        w->fd = openat(s->tmp_fd, w->name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (w->fd < 0) {
+                r = -errno;
+                w->fd = -EBADF;
+                return r;
+        }
+        r = write_all(w->fd, w->mem + sizeof(RecordHead), w->mem_len - sizeof(RecordHead));
+        if (r < 0) {
+                (void) unlinkat(s->tmp_fd, w->name, 0);
+                w->fd = safe_close(w->fd);
+                return r;
+        }
+        w->mem = mfree(w->mem);
+        w->mem_len = w->mem_cap = 0;
+        return 0;
+}
+
+static int writer_reserve(SpoolWriter *w, size_t n) {
+        size_t cap;
+        uint8_t *m;
+
+        if (w->mem_cap - w->mem_len >= n)
+                return 0;
+        cap = MAX(w->mem_cap, (size_t) SPOOL_WRITER_CHUNK);
+        while (cap - w->mem_len < n)
+                cap *= 2;
+        m = realloc(w->mem, cap);
+        if (!m)
+                return -ENOMEM;
+        w->mem = m;
+        w->mem_cap = cap;
+        return 0;
+}
 
 int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
         _cleanup_free_ SpoolWriter *w = NULL;
         _cleanup_free_ char *header = NULL;
-        size_t hlen, size_offset;
+        size_t hlen, size_offset, inline_max;
         int r;
 
         if (!s || !env || !ret || env->mid == 0 || env->n_rcpts == 0 || !env->rcpts)
@@ -830,20 +1199,27 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
                 return -ENOMEM;
         w->spool = s;
         w->mid = env->mid;
-        w->data_offset = hlen;
+        w->header_size = hlen;
         w->size_offset = size_offset;
+        w->fd = -EBADF;
         mid_name(env->mid, w->name);
 
-        /* O_EXCL: a MID is never reused, so an existing file is a bug. */
-        w->fd = openat(s->tmp_fd, w->name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (w->fd < 0)
-                return -errno;
-
-        r = write_all(w->fd, header, hlen);
-        if (r < 0) {
-                (void) unlinkat(s->tmp_fd, w->name, 0);
-                safe_close(w->fd);
+        r = writer_reserve(w, sizeof(RecordHead) + hlen);
+        if (r < 0)
                 return r;
+        memset(w->mem, 0, sizeof(RecordHead));
+        memcpy(w->mem + sizeof(RecordHead), header, hlen);
+        w->mem_len = sizeof(RecordHead) + hlen;
+
+        pthread_mutex_lock(&s->index_lock);
+        inline_max = s->inline_max;
+        pthread_mutex_unlock(&s->index_lock);
+        if (hlen > inline_max) {
+                r = writer_spill(w);
+                if (r < 0) {
+                        free(w->mem);
+                        return r;
+                }
         }
 
         *ret = TAKE_PTR(w);
@@ -851,39 +1227,92 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
 }
 
 int spool_writer_write(SpoolWriter *w, const void *p, size_t n) {
+        size_t inline_max;
         int r;
 
         if (w->broken)
                 return -EIO;
+
+        if (w->fd < 0) {
+                pthread_mutex_lock(&w->spool->index_lock);
+                inline_max = w->spool->inline_max;
+                pthread_mutex_unlock(&w->spool->index_lock);
+
+                if (w->mem_len - sizeof(RecordHead) + n <= inline_max) {
+                        r = writer_reserve(w, n);
+                        if (r < 0)
+                                goto fail;
+                        memcpy(w->mem + w->mem_len, p, n);
+                        w->mem_len += n;
+                        w->data_size += n;
+                        return 0;
+                }
+                r = writer_spill(w);
+                if (r < 0)
+                        goto fail;
+        }
+
         r = write_all(w->fd, p, n);
-        if (r < 0) {
+        if (r < 0)
                 /* Part of the chunk may be on disk; the file is no longer
                  * trustworthy. */
-                w->broken = true;
-                return r;
-        }
+                goto fail;
         w->data_size += n;
         return 0;
+fail:
+        w->broken = true;
+        return r;
 }
 
 uint64_t spool_writer_size(const SpoolWriter *w) {
         return w->data_size;
 }
 
-void spool_writer_abort(SpoolWriter *w) {
-        if (!w)
-                return;
-        (void) unlinkat(w->spool->tmp_fd, w->name, 0);
+static void writer_free(SpoolWriter *w) {
         safe_close(w->fd);
+        free(w->mem);
         free(w);
 }
 
-/* Always consumes the writer: on failure the tmp file is gone and done()
- * is never called. */
+void spool_writer_abort(SpoolWriter *w) {
+        if (!w)
+                return;
+        if (w->fd >= 0)
+                (void) unlinkat(w->spool->tmp_fd, w->name, 0);
+        writer_free(w);
+}
+
+/* Seals a spilled file and renames it into msg/. */
+static int writer_commit_file(SpoolWriter *w) {
+        Spool *s = w->spool;
+        char field[SPOOL_SIZE_WIDTH + 1];
+        int r;
+
+        (void) snprintf(field, sizeof field, "%0*" PRIu64, SPOOL_SIZE_WIDTH, w->data_size);
+        r = pwrite_all(w->fd, field, SPOOL_SIZE_WIDTH, (off_t) w->size_offset);
+        if (r < 0)
+                return r;
+        if (close(TAKE_FD(w->fd)) < 0 && errno != EINTR) {
+                /* The tmp file stays for spool_writer_abort(). */
+                w->fd = -EBADF;
+                return -errno;
+        }
+        w->fd = -EBADF;
+        /* RENAME_NOREPLACE is not needed: MIDs never repeat. */
+        if (renameat(s->tmp_fd, w->name, s->msg_fd, w->name) < 0)
+                return -errno;
+
+        pthread_mutex_lock(&s->index_lock);
+        s->n_files++;
+        pthread_mutex_unlock(&s->index_lock);
+        return 0;
+}
+
+/* Always consumes the writer: on failure nothing of the message is left
+ * and done() is never called. */
 int spool_writer_commit(SpoolWriter *w, Mailbox *reply_to, spool_commit_fn_t done, void *userdata) {
         Spool *s = w->spool;
         SpoolCommit *c = NULL;
-        char field[SPOOL_SIZE_WIDTH + 1];
         int r;
 
         if (!reply_to || !done) {
@@ -895,8 +1324,8 @@ int spool_writer_commit(SpoolWriter *w, Mailbox *reply_to, spool_commit_fn_t don
                 goto fail;
         }
 
-        /* Allocate before the rename so that a message in msg/ is always
-         * one that will be answered. */
+        /* Allocate before the message becomes visible, so that a stored
+         * message is always one that will be answered. */
         c = calloc(1, sizeof *c);
         if (!c) {
                 r = -ENOMEM;
@@ -909,20 +1338,25 @@ int spool_writer_commit(SpoolWriter *w, Mailbox *reply_to, spool_commit_fn_t don
                 .userdata = userdata,
         };
 
-        (void) snprintf(field, sizeof field, "%0*" PRIu64, SPOOL_SIZE_WIDTH, w->data_size);
-        r = pwrite_all(w->fd, field, SPOOL_SIZE_WIDTH, (off_t) w->size_offset);
-        if (r < 0)
-                goto fail;
-        if (close(TAKE_FD(w->fd)) < 0 && errno != EINTR) {
-                r = -errno;
-                goto fail;
+        if (w->fd >= 0) {
+                r = writer_commit_file(w);
+                if (r < 0) {
+                        if (w->fd < 0)
+                                /* Closed but not renamed: drop the tmp file
+                                 * ourselves, abort only frees. */
+                                (void) unlinkat(s->tmp_fd, w->name, 0);
+                        goto fail;
+                }
+        } else {
+                char field[SPOOL_SIZE_WIDTH + 1];
+
+                (void) snprintf(field, sizeof field, "%0*" PRIu64, SPOOL_SIZE_WIDTH, w->data_size);
+                memcpy(w->mem + sizeof(RecordHead) + w->size_offset, field, SPOOL_SIZE_WIDTH);
+                r = segment_append(s, w);
+                if (r < 0)
+                        goto fail;
         }
-        /* RENAME_NOREPLACE is not needed: MIDs never repeat. */
-        if (renameat(s->tmp_fd, w->name, s->msg_fd, w->name) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        free(w);
+        writer_free(w);
 
         pthread_mutex_lock(&s->lock);
         if (s->pending_tail)
@@ -940,7 +1374,9 @@ fail:
         return r;
 }
 
-/* ---- recovery and per-message operations ---- */
+/* ---- recovery ---- */
+
+static int remove_locked(Spool *s, uint64_t mid);
 
 static int rcpt_state_from_string(const char *s) {
         for (int i = 0; i < _SPOOL_RCPT_STATE_MAX; i++)
@@ -997,23 +1433,23 @@ static int cmp_u64(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
-/* Parses "<digits>" or "<digits>.state" names; others are not ours. */
-static int name_to_mid(const char *name, uint64_t *ret, bool *ret_state) {
+/* Parses "<digits>" or "<digits><suffix>" names; others are not ours. */
+static int name_to_number(const char *name, const char *suffix, uint64_t *ret, bool *ret_suffix) {
         char buf[SPOOL_NAME_MAX];
         const char *dot = strchr(name, '.');
         size_t n = dot ? (size_t) (dot - name) : strlen(name);
-        uint64_t mid;
+        uint64_t v;
 
-        if (dot && !streq(dot, ".state"))
+        if (dot && !streq(dot, suffix))
                 return -EINVAL;
         if (n == 0 || n >= sizeof buf)
                 return -EINVAL;
         memcpy(buf, name, n);
         buf[n] = '\0';
-        if (buf[0] == '0' || parse_uint64(buf, &mid) < 0)
+        if (buf[0] == '0' || parse_uint64(buf, &v) < 0)
                 return -EINVAL;
-        *ret = mid;
-        *ret_state = !!dot;
+        *ret = v;
+        *ret_suffix = !!dot;
         return 0;
 }
 
@@ -1041,15 +1477,38 @@ static int dir_clear(int fd) {
         return r;
 }
 
-/* Lists msg/: message MIDs (sorted) and state-file MIDs (sorted). */
-static int msg_list(Spool *s, uint64_t **ret_mids, size_t *ret_n, uint64_t **ret_states, size_t *ret_ns) {
-        _cleanup_free_ uint64_t *mids = NULL, *states = NULL;
-        size_t n = 0, ns = 0, cap = 0, caps = 0;
+typedef struct NumberList {
+        uint64_t *v;
+        size_t n, cap;
+} NumberList;
+
+static int number_list_push(NumberList *l, uint64_t v) {
+        if (l->n >= l->cap) {
+                size_t nc = MAX(l->cap * 2, (size_t) 64);
+                uint64_t *nv = realloc(l->v, nc * sizeof(uint64_t));
+
+                if (!nv)
+                        return -ENOMEM;
+                l->v = nv;
+                l->cap = nc;
+        }
+        l->v[l->n++] = v;
+        return 0;
+}
+
+static bool number_list_has(const NumberList *l, uint64_t v) {
+        return l->n > 0 && bsearch(&v, l->v, l->n, sizeof(uint64_t), cmp_u64);
+}
+
+/* Lists a directory's numbered entries: "<N>" into plain and "<N><suffix>"
+ * into suffixed, both sorted. */
+static int dir_list(int fd, const char *suffix, NumberList *plain, NumberList *suffixed) {
         int dfd;
         DIR *d;
         struct dirent *de;
+        int r = 0;
 
-        dfd = openat(s->msg_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
                 return -errno;
         d = fdopendir(dfd);
@@ -1057,87 +1516,110 @@ static int msg_list(Spool *s, uint64_t **ret_mids, size_t *ret_n, uint64_t **ret
                 safe_close(dfd);
                 return -errno;
         }
-
         while ((de = readdir(d))) {
-                uint64_t mid, **l;
-                size_t *len, *c;
-                bool is_state;
+                uint64_t v;
+                bool has_suffix;
 
-                if (name_to_mid(de->d_name, &mid, &is_state) < 0)
+                if (name_to_number(de->d_name, suffix, &v, &has_suffix) < 0)
                         continue;
-                l = is_state ? &states : &mids;
-                len = is_state ? &ns : &n;
-                c = is_state ? &caps : &cap;
-                if (*len >= *c) {
-                        size_t nc = MAX(*c * 2, (size_t) 64);
-                        uint64_t *nl = realloc(*l, nc * sizeof(uint64_t));
-
-                        if (!nl) {
-                                closedir(d);
-                                return -ENOMEM;
-                        }
-                        *l = nl;
-                        *c = nc;
-                }
-                (*l)[(*len)++] = mid;
+                r = number_list_push(has_suffix ? suffixed : plain, v);
+                if (r < 0)
+                        break;
         }
         closedir(d);
+        if (r < 0)
+                return r;
 
-        if (n > 0)
-                qsort(mids, n, sizeof(uint64_t), cmp_u64);
-        if (ns > 0)
-                qsort(states, ns, sizeof(uint64_t), cmp_u64);
-        *ret_mids = TAKE_PTR(mids);
-        *ret_n = n;
-        *ret_states = TAKE_PTR(states);
-        *ret_ns = ns;
+        if (plain->n > 0)
+                qsort(plain->v, plain->n, sizeof(uint64_t), cmp_u64);
+        if (suffixed->n > 0)
+                qsort(suffixed->v, suffixed->n, sizeof(uint64_t), cmp_u64);
         return 0;
 }
 
-int spool_recover(Spool *s, int (*cb)(SpoolMessage *m, void *userdata), void *userdata) {
-        _cleanup_free_ uint64_t *mids = NULL, *states = NULL;
-        size_t n = 0, ns = 0, j = 0;
-        int r;
+/* What recovery found, handed to the callback in MID order at the end. */
+typedef struct Found {
+        SpoolMessage **m;
+        size_t n, cap;
+} Found;
 
-        if (!s || !cb)
-                return -EINVAL;
+static int found_push(Found *f, SpoolMessage *m) {
+        if (f->n >= f->cap) {
+                size_t nc = MAX(f->cap * 2, (size_t) 64);
+                SpoolMessage **nm = realloc(f->m, nc * sizeof(SpoolMessage *));
+
+                if (!nm)
+                        return -ENOMEM;
+                f->m = nm;
+                f->cap = nc;
+        }
+        f->m[f->n++] = m;
+        return 0;
+}
+
+static void found_done(Found *f) {
+        for (size_t i = 0; i < f->n; i++)
+                spool_message_free(f->m[i]);
+        free(f->m);
+        *f = (Found) {};
+}
+
+static int found_cmp(const void *a, const void *b) {
+        const SpoolMessage *x = *(SpoolMessage * const *) a, *y = *(SpoolMessage * const *) b;
+
+        return cmp_u64(&x->env.mid, &y->env.mid);
+}
+
+static bool message_pending(const SpoolMessage *m) {
+        for (size_t k = 0; k < m->env.n_rcpts; k++)
+                if (m->rcpt_state[k] == SPOOL_RCPT_PENDING)
+                        return true;
+        return false;
+}
+
+/* Messages in their own files (msg/). */
+static int recover_files(Spool *s, Found *found) {
+        _cleanup_free_ uint64_t *mids_v = NULL, *states_v = NULL;
+        NumberList mids = {}, states = {};
+        int r;
 
         /* Files in tmp/ were never committed, hence never acknowledged. */
         r = dir_clear(s->tmp_fd);
         if (r < 0)
                 return r;
 
-        r = msg_list(s, &mids, &n, &states, &ns);
+        r = dir_list(s->msg_fd, ".state", &mids, &states);
+        mids_v = mids.v;
+        states_v = states.v;
         if (r < 0)
                 return r;
 
         /* A state file without its message: spool_remove() was interrupted
          * between its two unlinks. */
-        for (size_t i = 0; i < ns; i++) {
-                if (!bsearch(&states[i], mids, n, sizeof(uint64_t), cmp_u64)) {
+        for (size_t i = 0; i < states.n; i++)
+                if (!number_list_has(&mids, states.v[i])) {
                         char name[SPOOL_NAME_MAX];
 
-                        state_name(states[i], name);
+                        state_name(states.v[i], name);
                         (void) unlinkat(s->msg_fd, name, 0);
                 }
-        }
 
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < mids.n; i++) {
                 _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
                 _cleanup_close_ int fd = -EBADF;
                 char name[SPOOL_NAME_MAX];
-                bool all_done = true;
 
-                ids_bump(s, SPOOL_ID_MID, mids[i]);
+                ids_bump(s, SPOOL_ID_MID, mids.v[i]);
 
-                mid_name(mids[i], name);
+                mid_name(mids.v[i], name);
                 fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);
                 if (fd < 0)
                         return -errno;
-                r = message_read(fd, mids[i], &m);
+                r = message_read(fd, mids.v[i], &m);
                 if (r == -EBADMSG) {
                         /* Torn or unsealed: never acknowledged. */
-                        (void) spool_remove(s, mids[i]);
+                        s->n_files++;
+                        (void) remove_locked(s, mids.v[i]);
                         continue;
                 }
                 if (r < 0)
@@ -1148,43 +1630,355 @@ int spool_recover(Spool *s, int (*cb)(SpoolMessage *m, void *userdata), void *us
                 r = state_apply(s, m);
                 if (r < 0)
                         return r;
-                for (size_t k = 0; k < m->env.n_rcpts; k++)
-                        if (m->rcpt_state[k] == SPOOL_RCPT_PENDING)
-                                all_done = false;
-                if (all_done) {
-                        (void) spool_remove(s, mids[i]);
+                s->n_files++;
+                if (!message_pending(m)) {
+                        (void) remove_locked(s, mids.v[i]);
                         continue;
                 }
-
-                r = cb(TAKE_PTR(m), userdata);
+                r = found_push(found, m);
                 if (r < 0)
                         return r;
-                j++;
+                TAKE_PTR(m);
+        }
+        return 0;
+}
+
+/* One line of a segment log, in file order (seq) so later lines win. */
+typedef struct LogLine {
+        uint64_t mid;
+        uint64_t seq;
+        int32_t rid;                    /* -1: the message is done */
+        uint8_t state;
+} LogLine;
+
+static int log_line_cmp(const void *a, const void *b) {
+        const LogLine *x = a, *y = b;
+
+        if (x->mid != y->mid)
+                return x->mid < y->mid ? -1 : 1;
+        return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Reads <N>.log: complete lines only (a torn last line is ignored), lines
+ * that do not parse are skipped. Sorted by MID, then file order. */
+static int log_read(Spool *s, uint64_t number, LogLine **ret, size_t *ret_n) {
+        _cleanup_fclose_ FILE *f = NULL;
+        _cleanup_free_ char *line = NULL;
+        _cleanup_free_ LogLine *v = NULL;
+        char name[SPOOL_NAME_MAX];
+        size_t n = 0, cap = 0, lcap = 0;
+        int fd;
+
+        segment_name(number, SPOOL_LOG_SUFFIX, name);
+        fd = openat(s->seg_fd, name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                if (errno != ENOENT)
+                        return -errno;
+                *ret = NULL;
+                *ret_n = 0;
+                return 0;
+        }
+        f = fdopen(fd, "r");
+        if (!f) {
+                safe_close(fd);
+                return -errno;
         }
 
-        return (int) MIN(j, (size_t) INT32_MAX);
+        for (;;) {
+                ssize_t len = getline(&line, &lcap, f);
+                char *a, *b, *save = NULL;
+                LogLine l = { .seq = n };
+                uint32_t rid;
+
+                if (len < 0)
+                        break;
+                if (line[len - 1] != '\n')
+                        break;
+                line[len - 1] = '\0';
+
+                a = strtok_r(line, " ", &save);
+                b = a ? strtok_r(NULL, " ", &save) : NULL;
+                if (!b || parse_uint64(a, &l.mid) < 0)
+                        continue;
+                if (streq(b, "done")) {
+                        if (strtok_r(NULL, " ", &save))
+                                continue;
+                        l.rid = -1;
+                } else {
+                        const char *st = strtok_r(NULL, " ", &save);
+                        int k = st ? rcpt_state_from_string(st) : -EINVAL;
+
+                        if (k < 0 || parse_uint32(b, &rid) < 0 || rid > INT32_MAX ||
+                            strtok_r(NULL, " ", &save))
+                                continue;
+                        l.rid = (int32_t) rid;
+                        l.state = (uint8_t) k;
+                }
+
+                if (n >= cap) {
+                        size_t nc = MAX(cap * 2, (size_t) 64);
+                        LogLine *nv = realloc(v, nc * sizeof(LogLine));
+
+                        if (!nv)
+                                return -ENOMEM;
+                        v = nv;
+                        cap = nc;
+                }
+                v[n++] = l;
+        }
+        if (ferror(f))
+                return -EIO;
+
+        if (n > 0)
+                qsort(v, n, sizeof(LogLine), log_line_cmp);
+        *ret = TAKE_PTR(v);
+        *ret_n = n;
+        return 0;
 }
+
+/* Applies the log lines of m; returns true if the message is done. */
+static bool log_apply(const LogLine *lines, size_t n, SpoolMessage *m) {
+        LogLine key = { .mid = m->env.mid };
+        size_t lo = 0, hi = n;
+
+        /* First line for this MID (lines are sorted by MID, then seq 0..). */
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+
+                if (log_line_cmp(&lines[mid], &key) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        for (size_t i = lo; i < n && lines[i].mid == m->env.mid; i++) {
+                if (lines[i].rid < 0)
+                        return true;
+                if ((size_t) lines[i].rid < m->env.n_rcpts)
+                        m->rcpt_state[lines[i].rid] = lines[i].state;
+        }
+        return !message_pending(m);
+}
+
+/* Reads and checks the record at off: its head, then header and data
+ * against the CRC. -EBADMSG: no valid record here (end of the segment's
+ * good part). */
+static int record_read(int fd, uint64_t off, uint64_t file_size, SpoolMessage **ret, uint64_t *ret_len) {
+        _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
+        _cleanup_free_ uint8_t *buf = NULL;
+        RecordHead head;
+        uint64_t len, done;
+        uLong crc;
+        ssize_t n;
+        int r;
+
+        if (file_size - off < sizeof head)
+                return -EBADMSG;
+        n = pread(fd, &head, sizeof head, (off_t) off);
+        if (n < 0)
+                return -errno;
+        if ((size_t) n != sizeof head ||
+            memcmp(head.magic, SPOOL_RECORD_MAGIC, sizeof head.magic) != 0 ||
+            head.head_crc != (uint32_t) crc32(0, (const Bytef *) &head, offsetof(RecordHead, head_crc)) ||
+            head.reserved != 0 || head.header_size < 2 || head.header_size > SPOOL_HEADER_MAX ||
+            head.data_size > file_size)
+                return -EBADMSG;
+        len = (uint64_t) head.header_size + head.data_size;
+        if (file_size - off - sizeof head < len)
+                return -EBADMSG;
+
+        buf = malloc(MAX((size_t) head.header_size, (size_t) SPOOL_SCAN_CHUNK));
+        if (!buf)
+                return -ENOMEM;
+        n = pread(fd, buf, head.header_size, (off_t) (off + sizeof head));
+        if (n < 0)
+                return -errno;
+        if ((size_t) n != head.header_size)
+                return -EBADMSG;
+        crc = crc32(0, buf, head.header_size);
+        if (memcmp(buf + head.header_size - 2, "\n\n", 2) != 0)
+                return -EBADMSG;
+        r = header_parse((const char *) buf, head.header_size, &m);
+        if (r < 0)
+                return r;
+
+        for (done = 0; done < head.data_size; ) {
+                size_t want = (size_t) MIN(head.data_size - done, (uint64_t) SPOOL_SCAN_CHUNK);
+
+                n = pread(fd, buf, want, (off_t) (off + sizeof head + head.header_size + done));
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        return -EBADMSG;
+                crc = crc32(crc, buf, (uInt) n);
+                done += (uint64_t) n;
+        }
+        if ((uint32_t) crc != head.crc || m->env.mid != head.mid || m->data_size != head.data_size)
+                return -EBADMSG;
+
+        m->data_offset = off + sizeof head + head.header_size;
+        *ret = TAKE_PTR(m);
+        *ret_len = sizeof head + len;
+        return 0;
+}
+
+/* Reads one segment: its records up to the first that does not check, with
+ * the outcomes of its log applied; keeps it if any message is pending. */
+static int recover_segment(Spool *s, uint64_t number, Found *found) {
+        _cleanup_free_ LogLine *lines = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        char name[SPOOL_NAME_MAX];
+        size_t n_lines = 0;
+        uint64_t off = 0;
+        struct stat st;
+        Segment *seg;
+        int r;
+
+        segment_name(number, "", name);
+        fd = openat(s->seg_fd, name, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        r = log_read(s, number, &lines, &n_lines);
+        if (r < 0)
+                return r;
+
+        seg = segment_link(s, number, TAKE_FD(fd), 0);
+        if (!seg)
+                return -ENOMEM;
+
+        for (;;) {
+                _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
+                uint64_t len;
+
+                r = record_read(seg->fd, off, (uint64_t) st.st_size, &m, &len);
+                if (r == -EBADMSG)
+                        break;          /* never acknowledged from here on */
+                if (r < 0)
+                        return r;
+                off += len;
+
+                ids_bump(s, SPOOL_ID_MID, m->env.mid);
+                ids_bump(s, SPOOL_ID_ICID, m->env.icid);
+                if (log_apply(lines, n_lines, m))
+                        continue;
+                /* A MID is in one place only; a second copy would be a
+                 * bug, and delivering it twice is not the answer. */
+                if (entry_find(s, m->env.mid))
+                        continue;
+                r = entry_add(s, seg, m->env.mid, m->data_offset, m->data_size);
+                if (r < 0)
+                        return r;
+                r = found_push(found, m);
+                if (r < 0)
+                        return r;
+                TAKE_PTR(m);
+        }
+        seg->size = off;
+
+        if (seg->live == 0)
+                segment_drop(s, seg);
+        return 0;
+}
+
+static int recover_segments(Spool *s, Found *found) {
+        _cleanup_free_ uint64_t *segs_v = NULL, *logs_v = NULL;
+        NumberList segs = {}, logs = {};
+        int r;
+
+        r = dir_list(s->seg_fd, SPOOL_LOG_SUFFIX, &segs, &logs);
+        segs_v = segs.v;
+        logs_v = logs.v;
+        if (r < 0)
+                return r;
+
+        /* A log without its segment: segment_drop() was interrupted. */
+        for (size_t i = 0; i < logs.n; i++)
+                if (!number_list_has(&segs, logs.v[i])) {
+                        char name[SPOOL_NAME_MAX];
+
+                        segment_name(logs.v[i], SPOOL_LOG_SUFFIX, name);
+                        (void) unlinkat(s->seg_fd, name, 0);
+                }
+
+        for (size_t i = 0; i < segs.n; i++) {
+                /* New records always go to a new segment: an old one may
+                 * end in a torn tail. */
+                s->segment_next = MAX(s->segment_next, segs.v[i] + 1);
+                r = recover_segment(s, segs.v[i], found);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int spool_recover(Spool *s, int (*cb)(SpoolMessage *m, void *userdata), void *userdata) {
+        _cleanup_(found_done) Found found = {};
+        size_t n;
+        int r;
+
+        if (!s || !cb)
+                return -EINVAL;
+
+        pthread_mutex_lock(&s->index_lock);
+        r = recover_files(s, &found);
+        if (r >= 0)
+                r = recover_segments(s, &found);
+        pthread_mutex_unlock(&s->index_lock);
+        if (r < 0)
+                return r;
+
+        if (found.n > 0)
+                qsort(found.m, found.n, sizeof(SpoolMessage *), found_cmp);
+        n = found.n;
+        for (size_t i = 0; i < found.n; i++) {
+                SpoolMessage *m = TAKE_PTR(found.m[i]);
+
+                r = cb(m, userdata);
+                if (r < 0)
+                        return r;
+        }
+        return (int) MIN(n, (size_t) INT32_MAX);
+}
+
+/* ---- per-message operations ---- */
 
 int spool_record(Spool *s, uint64_t mid, uint32_t rid, SpoolRcptState state) {
         _cleanup_close_ int fd = -EBADF;
-        char name[SPOOL_NAME_MAX], rec[SPOOL_RECORD_MAX];
+        char name[SPOOL_NAME_MAX], rec[SPOOL_LOG_LINE_MAX];
+        SegmentEntry *e;
         ssize_t k;
         int n;
 
         if (!s || mid == 0 || state < 0 || state >= _SPOOL_RCPT_STATE_MAX)
                 return -EINVAL;
 
+        pthread_mutex_lock(&s->index_lock);
+        e = entry_find(s, mid);
+        if (e) {
+                int r;
+
+                n = snprintf(rec, sizeof rec, "%" PRIu64 " %" PRIu32 " %s\n", mid, rid, rcpt_state_table[state]);
+                r = n < 0 || (size_t) n >= sizeof rec ? -EINVAL : segment_log(s, e->segment, rec, (size_t) n);
+                pthread_mutex_unlock(&s->index_lock);
+                return r;
+        }
+        pthread_mutex_unlock(&s->index_lock);
+
         n = snprintf(rec, sizeof rec, "%" PRIu32 " %s\n", rid, rcpt_state_table[state]);
         if (n < 0 || (size_t) n >= sizeof rec)
                 return -EINVAL;
 
+        /* Not a segment message: its own file, which must exist (no state
+         * file for a message that is gone). */
+        mid_name(mid, name);
+        if (faccessat(s->msg_fd, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+                return -errno;
         state_name(mid, name);
         fd = openat(s->msg_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0)
                 return -errno;
-        /* One write per record: concurrent appenders never interleave
-         * inside a line, and a crash tears at most the last line, which
-         * state_apply() ignores. */
+        /* One write per record, as for segment logs. */
         do
                 k = write(fd, rec, (size_t) n);
         while (k < 0 && errno == EINTR);
@@ -1195,12 +1989,21 @@ int spool_record(Spool *s, uint64_t mid, uint32_t rid, SpoolRcptState state) {
         return 0;
 }
 
-int spool_remove(Spool *s, uint64_t mid) {
+/* Called with index_lock held. */
+static int remove_locked(Spool *s, uint64_t mid) {
         char name[SPOOL_NAME_MAX];
+        SegmentEntry *e;
         int r = 0;
 
-        if (!s || mid == 0)
-                return -EINVAL;
+        e = entry_find(s, mid);
+        if (e) {
+                char line[SPOOL_LOG_LINE_MAX];
+                int n = snprintf(line, sizeof line, "%" PRIu64 " done\n", mid);
+
+                r = n < 0 || (size_t) n >= sizeof line ? -EINVAL : segment_log(s, e->segment, line, (size_t) n);
+                entry_remove(s, e);
+                return r;
+        }
 
         /* Message first: a crash in between leaves only an orphan state
          * file, which recovery deletes, never a message without its
@@ -1208,9 +2011,23 @@ int spool_remove(Spool *s, uint64_t mid) {
         mid_name(mid, name);
         if (unlinkat(s->msg_fd, name, 0) < 0)
                 r = -errno;
+        else if (s->n_files > 0)
+                s->n_files--;
         state_name(mid, name);
         if (unlinkat(s->msg_fd, name, 0) < 0 && errno != ENOENT && r == 0)
                 r = -errno;
+        return r;
+}
+
+int spool_remove(Spool *s, uint64_t mid) {
+        int r;
+
+        if (!s || mid == 0)
+                return -EINVAL;
+
+        pthread_mutex_lock(&s->index_lock);
+        r = remove_locked(s, mid);
+        pthread_mutex_unlock(&s->index_lock);
         return r;
 }
 
@@ -1218,10 +2035,31 @@ int spool_open_data(Spool *s, uint64_t mid, int *ret_fd, uint64_t *ret_offset, u
         _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
         _cleanup_close_ int fd = -EBADF;
         char name[SPOOL_NAME_MAX];
+        SegmentEntry *e;
         int r;
 
         if (!s || mid == 0 || !ret_fd)
                 return -EINVAL;
+
+        pthread_mutex_lock(&s->index_lock);
+        e = entry_find(s, mid);
+        if (e) {
+                uint64_t off = e->data_offset, size = e->data_size;
+
+                /* Readers use pread()/sendfile() with explicit offsets, so
+                 * a duplicate of the segment's descriptor serves them all. */
+                fd = fcntl(e->segment->fd, F_DUPFD_CLOEXEC, 3);
+                pthread_mutex_unlock(&s->index_lock);
+                if (fd < 0)
+                        return -errno;
+                *ret_fd = TAKE_FD(fd);
+                if (ret_offset)
+                        *ret_offset = off;
+                if (ret_size)
+                        *ret_size = size;
+                return 0;
+        }
+        pthread_mutex_unlock(&s->index_lock);
 
         mid_name(mid, name);
         fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * Spool tests on a real directory under /tmp: header round trip with odd
- * addresses, recovery of torn and unsealed files, recipient state records,
+ * addresses in segments and in message files, recovery of torn and
+ * unsealed files, of damaged segment records and segment logs, segment
+ * rotation and removal, recipient state records,
  * persistent IDs, group commit under concurrency (commit completions run
  * on real sd-event loops through Mailboxes), syncfs failure, and a child
  * process killed with SIGKILL while committing: every message it
@@ -159,7 +161,8 @@ static bool data_matches(Spool *s, uint64_t mid, const void *want, size_t want_l
         got = malloc(want_len + 1);
         if (!got)
                 return false;
-        n = pread(fd, got, want_len + 1, (off_t) off);
+        /* Exactly the data: in a segment, the next record follows it. */
+        n = pread(fd, got, want_len, (off_t) off);
         return n == (ssize_t) want_len && memcmp(got, want, want_len) == 0;
 }
 
@@ -293,7 +296,10 @@ static void loop_free(sd_event *e, Mailbox *mb) {
 
 /* ---- tests ---- */
 
-static void test_roundtrip(void) {
+/* files: every message in its own file (inline limit 0), else small ones
+ * in segments and the 1 MiB one in a file. */
+static void test_roundtrip(bool files) {
+        const char *mode = files ? "files" : "segments";
         char *dir = make_dir();
         Spool *s = NULL;
         sd_event *e;
@@ -347,6 +353,8 @@ static void test_roundtrip(void) {
         is_int(spool_open(dir, &s), 0, "roundtrip: spool_open creates %s", dir);
         if (!s)
                 return;
+        if (files)
+                is_int(spool_set_limits(s, 0, 1 << 20), 0, "roundtrip: %s: inline limit 0", mode);
         is_str(spool_dir(s), dir, "roundtrip: spool_dir");
         if (loop_new(&e, &mb) < 0)
                 return;
@@ -361,9 +369,14 @@ static void test_roundtrip(void) {
         is_int(store(s, e, mb, &e2, "", 0), 0, "roundtrip: commit empty message, null sender");
         is_int(store(s, e, mb, &e3, big, big_len), 0, "roundtrip: commit 1 MiB, 1000 recipients");
 
-        ok(data_matches(s, e1.mid, d1, sizeof d1), "roundtrip: open_data returns the bytes written");
-        ok(data_matches(s, e2.mid, "", 0), "roundtrip: open_data of an empty message");
-        ok(data_matches(s, e3.mid, big, big_len), "roundtrip: open_data of 1 MiB");
+        ok(data_matches(s, e1.mid, d1, sizeof d1), "roundtrip: %s: open_data returns the bytes written", mode);
+        ok(data_matches(s, e2.mid, "", 0), "roundtrip: %s: open_data of an empty message", mode);
+        ok(data_matches(s, e3.mid, big, big_len), "roundtrip: %s: open_data of 1 MiB", mode);
+        is_int(spool_n_messages(s), 3, "roundtrip: %s: 3 messages stored", mode);
+        ok(path_exists(dir, "msg/%" PRIu64, e3.mid), "roundtrip: %s: 1 MiB message in its own file", mode);
+        ok(path_exists(dir, "msg/%" PRIu64, e1.mid) == files, "roundtrip: %s: small message %s", mode,
+           files ? "in its own file" : "not in a file");
+        ok(path_exists(dir, "seg/1") == !files, "roundtrip: %s: segment %s", mode, files ? "unused" : "written");
         {
                 int fd = -1;
                 is_int(spool_open_data(s, 12345, &fd, NULL, NULL), -ENOENT, "roundtrip: open_data of unknown MID");
@@ -378,8 +391,10 @@ static void test_roundtrip(void) {
                 is_int(spool_writer_new(s, &ea, &w), 0, "roundtrip: writer for abort");
                 is_int(spool_writer_write(w, "abc", 3), 0, "roundtrip: write");
                 is_int(spool_writer_size(w), 3, "roundtrip: writer_size counts data octets");
-                ok(path_exists(dir, "tmp/%" PRIu64, ea.mid), "roundtrip: tmp file exists while receiving");
+                ok(path_exists(dir, "tmp/%" PRIu64, ea.mid) == files, "roundtrip: %s: tmp file %s while receiving",
+                   mode, files ? "exists" : "not needed");
                 spool_writer_abort(w);
+                is_int(spool_n_messages(s), 3, "roundtrip: %s: aborted message not counted", mode);
                 ok(!path_exists(dir, "tmp/%" PRIu64, ea.mid), "roundtrip: abort unlinks the tmp file");
                 ok(!path_exists(dir, "msg/%" PRIu64, ea.mid), "roundtrip: aborted message not in msg/");
         }
@@ -396,7 +411,8 @@ static void test_roundtrip(void) {
         if (!s)
                 goto out;
         r = spool_recover(s, collect, &c);
-        is_int(r, 3, "roundtrip: recover reports 3 messages");
+        is_int(r, 3, "roundtrip: %s: recover reports 3 messages", mode);
+        is_int(spool_n_messages(s), 3, "roundtrip: %s: 3 messages after recovery", mode);
         if (c.n == 3) {
                 ok(c.m[0]->env.mid < c.m[1]->env.mid && c.m[1]->env.mid < c.m[2]->env.mid,
                    "roundtrip: recovered in MID order");
@@ -407,7 +423,8 @@ static void test_roundtrip(void) {
                 is_int(c.m[2]->data_size, big_len, "roundtrip: data_size of 1 MiB");
                 ok(c.m[0]->rcpt_state[0] == SPOOL_RCPT_PENDING && c.m[0]->rcpt_state[6] == SPOOL_RCPT_PENDING,
                    "roundtrip: recipients pending");
-                ok(data_matches(s, e1.mid, d1, sizeof d1), "roundtrip: data intact after reopen");
+                ok(data_matches(s, e1.mid, d1, sizeof d1), "roundtrip: %s: data intact after reopen", mode);
+                ok(data_matches(s, e3.mid, big, big_len), "roundtrip: %s: 1 MiB intact after reopen", mode);
 
                 Envelope copy;
                 is_int(envelope_copy(&c.m[0]->env, &copy), 0, "roundtrip: envelope_copy");
@@ -463,7 +480,8 @@ static void test_recover_cleanup(void) {
         ssize_t n;
         uint64_t good, shortened, grown, unsealed, nover;
 
-        if (!dir || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0) {
+        /* Message files only: this is about damaged files in msg/. */
+        if (!dir || spool_open(dir, &s) < 0 || spool_set_limits(s, 0, 1 << 20) < 0 || loop_new(&e, &mb) < 0) {
                 ok(false, "recover: setup");
                 return;
         }
@@ -547,7 +565,9 @@ static void test_state(void) {
         char path[512];
         uint64_t partial, finished, removed;
 
-        if (!dir || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0) {
+        /* Message files and their .state files; segments_recover() covers
+         * the segment logs. */
+        if (!dir || spool_open(dir, &s) < 0 || spool_set_limits(s, 0, 1 << 20) < 0 || loop_new(&e, &mb) < 0) {
                 ok(false, "state: setup");
                 return;
         }
@@ -593,6 +613,183 @@ static void test_state(void) {
         }
         ok(!path_exists(dir, "msg/%" PRIu64, finished) && !path_exists(dir, "msg/%" PRIu64 ".state", finished),
            "state: fully done message removed by recovery");
+        collected_done(&c);
+        s = spool_free(s);
+out:
+        loop_free(e, mb);
+        drop_dir(dir);
+}
+
+/* Segments: outcomes from the log (torn last line ignored), "done" lines,
+ * a damaged last record and garbage after it, orphan logs, a new segment
+ * after restart, and the segment's removal with its last message. */
+static void test_segments_recover(void) {
+        char *dir = make_dir();
+        Spool *s = NULL;
+        sd_event *e;
+        Mailbox *mb;
+        Collected c = {};
+        char *rcpts[] = { "a@example.org", "b@example.org", "c@example.org", NULL };
+        Envelope env = { .sender = "s@example.org", .rcpts = rcpts, .n_rcpts = 3 };
+        uint64_t mid[6], fresh;
+        char path[512], line[64];
+        int fd, n;
+
+        if (!dir || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0) {
+                ok(false, "segments: setup");
+                return;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(mid); i++) {
+                char body[64];
+
+                mid[i] = env.mid = spool_next_id(s, SPOOL_ID_MID);
+                n = snprintf(body, sizeof body, "message %zu\r\n", i);
+                is_int(store(s, e, mb, &env, body, (size_t) n), 0, "segments: message %zu committed", i);
+        }
+        is_int(dir_entries(dir, "msg"), 0, "segments: no message files");
+        is_int(dir_entries(dir, "tmp"), 0, "segments: nothing in tmp/");
+        ok(path_exists(dir, "seg/1"), "segments: all in segment 1");
+
+        is_int(spool_record(s, mid[0], 0, SPOOL_RCPT_DELIVERED), 0, "segments: m0 rid 0 delivered");
+        is_int(spool_record(s, mid[0], 2, SPOOL_RCPT_BOUNCED), 0, "segments: m0 rid 2 bounced");
+        for (uint32_t rid = 0; rid < 3; rid++)
+                is_int(spool_record(s, mid[1], rid, SPOOL_RCPT_DELIVERED), 0, "segments: m1 rid %u delivered", rid);
+        is_int(spool_remove(s, mid[2]), 0, "segments: m2 removed");
+        is_int(spool_remove(s, mid[2]), -ENOENT, "segments: second remove reports ENOENT");
+        is_int(spool_record(s, mid[2], 0, SPOOL_RCPT_DELIVERED), -ENOENT, "segments: record for a removed message");
+        is_int(spool_n_messages(s), 5, "segments: 5 messages left");
+
+        /* A torn log line (crash mid-write) must be ignored. */
+        n = snprintf(line, sizeof line, "%" PRIu64 " 1 deliv", mid[0]);
+        snprintf(path, sizeof path, "%s/seg/1.log", dir);
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        ok(fd >= 0 && write(fd, line, (size_t) n) == n, "segments: append a torn log line");
+        safe_close(fd);
+
+        /* The last record damaged (CRC) and garbage after it: a tail no
+         * commit covered. */
+        {
+                _cleanup_close_ int dfd = -EBADF;
+                uint64_t off, size;
+                char x;
+
+                is_int(spool_open_data(s, mid[5], &dfd, &off, &size), 0, "segments: open_data of m5");
+                snprintf(path, sizeof path, "%s/seg/1", dir);
+                fd = open(path, O_RDWR | O_CLOEXEC);
+                ok(fd >= 0 && pread(fd, &x, 1, (off_t) off) == 1, "segments: read a byte of m5");
+                x ^= 0x20;
+                ok(pwrite(fd, &x, 1, (off_t) off) == 1, "segments: flip it");
+                ok(lseek(fd, 0, SEEK_END) > 0 && write(fd, "tlsgwR1\ngarbage", 15) == 15,
+                   "segments: garbage after the last record");
+                safe_close(fd);
+        }
+        is_int(write_file(dir, "seg/99.log", "1 done\n", 7), 0, "segments: orphan log");
+        is_int(write_file(dir, "seg/README", "not ours", 8), 0, "segments: foreign file");
+
+        s = spool_free(s);
+        is_int(spool_open(dir, &s), 0, "segments: reopen");
+        if (!s)
+                goto out;
+        is_int(spool_recover(s, collect, &c), 3, "segments: m0, m3, m4 recovered");
+        ok(c.n == 3 && c.m[0]->env.mid == mid[0] && c.m[1]->env.mid == mid[3] && c.m[2]->env.mid == mid[4],
+           "segments: in MID order; done, removed and damaged ones left out");
+        if (c.n == 3) {
+                is_int(c.m[0]->rcpt_state[0], SPOOL_RCPT_DELIVERED, "segments: m0 rid 0 delivered");
+                is_int(c.m[0]->rcpt_state[1], SPOOL_RCPT_PENDING, "segments: m0 rid 1 pending (torn line ignored)");
+                is_int(c.m[0]->rcpt_state[2], SPOOL_RCPT_BOUNCED, "segments: m0 rid 2 bounced");
+                is_int(c.m[1]->rcpt_state[0], SPOOL_RCPT_PENDING, "segments: m3 untouched");
+        }
+        ok(data_matches(s, mid[3], "message 3\r\n", 11), "segments: m3 data intact");
+        ok(data_matches(s, mid[4], "message 4\r\n", 11), "segments: m4 data intact");
+        is_int(spool_open_data(s, mid[5], &fd, NULL, NULL), -ENOENT, "segments: damaged m5 is gone");
+        ok(!path_exists(dir, "seg/99.log"), "segments: orphan log removed");
+        ok(path_exists(dir, "seg/README"), "segments: foreign file left alone");
+        ok(spool_next_id(s, SPOOL_ID_MID) > mid[5], "segments: next MID above every MID on disk");
+
+        fresh = env.mid = spool_next_id(s, SPOOL_ID_MID);
+        is_int(store(s, e, mb, &env, "fresh\r\n", 7), 0, "segments: commit after recovery");
+        ok(path_exists(dir, "seg/2"), "segments: new records go to a new segment");
+
+        for (size_t i = 0; i < c.n; i++)
+                is_int(spool_remove(s, c.m[i]->env.mid), 0, "segments: remove recovered %zu", i);
+        ok(!path_exists(dir, "seg/1") && !path_exists(dir, "seg/1.log"),
+           "segments: old segment and its log gone with the last message");
+        ok(data_matches(s, fresh, "fresh\r\n", 7), "segments: new message intact");
+        is_int(spool_n_messages(s), 1, "segments: 1 message left");
+        collected_done(&c);
+        s = spool_free(s);
+out:
+        loop_free(e, mb);
+        drop_dir(dir);
+}
+
+/* Small segments: records spread over several, closed segments go once
+ * empty, and a torn last record is dropped on recovery. */
+static void test_segments_rotate(void) {
+        char *dir = make_dir();
+        Spool *s = NULL;
+        sd_event *e;
+        Mailbox *mb;
+        Collected c = {};
+        char *rcpts[] = { "a@example.org", NULL };
+        Envelope env = { .sender = "s@example.org", .rcpts = rcpts, .n_rcpts = 1 };
+        enum { N = 40, SIZE = 5000, KEEP = 3 };
+        uint64_t mid[N];
+        _cleanup_free_ uint8_t *buf = malloc(SIZE);
+        bool intact = true;
+        char path[512];
+        struct stat st;
+
+        if (!dir || !buf || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0) {
+                ok(false, "rotate: setup");
+                return;
+        }
+        is_int(spool_set_limits(s, 1 << 20, 64 * 1024), 0, "rotate: 64 KiB segments");
+        for (size_t i = 0; i < N; i++) {
+                mid[i] = env.mid = spool_next_id(s, SPOOL_ID_MID);
+                gen_data(mid[i], buf, SIZE);
+                if (store(s, e, mb, &env, buf, SIZE) < 0)
+                        intact = false;
+        }
+        ok(intact, "rotate: %d messages committed", N);
+        ok(dir_entries(dir, "seg") >= 3, "rotate: spread over several segments (%zu)", dir_entries(dir, "seg"));
+        for (size_t i = 0; i < N; i++) {
+                gen_data(mid[i], buf, SIZE);
+                if (!data_matches(s, mid[i], buf, SIZE))
+                        intact = false;
+        }
+        ok(intact, "rotate: every message intact");
+
+        for (size_t i = 0; i < N - KEEP; i++)
+                if (spool_remove(s, mid[i]) < 0)
+                        intact = false;
+        ok(intact, "rotate: all but the last %d removed", KEEP);
+        ok(dir_entries(dir, "seg") <= 2, "rotate: only the current segment and its log left (%zu)",
+           dir_entries(dir, "seg"));
+
+        /* A crash in the middle of writing the last record. */
+        {
+                uint64_t number = 0;
+
+                for (uint64_t k = 1; k < 100; k++)
+                        if (path_exists(dir, "seg/%" PRIu64, k))
+                                number = k;
+                snprintf(path, sizeof path, "%s/seg/%" PRIu64, dir, number);
+                ok(number > 0 && stat(path, &st) == 0 && truncate(path, st.st_size - 100) == 0,
+                   "rotate: tear the last record of segment %" PRIu64, number);
+        }
+
+        s = spool_free(s);
+        is_int(spool_open(dir, &s), 0, "rotate: reopen");
+        if (!s)
+                goto out;
+        is_int(spool_recover(s, collect, &c), KEEP - 1, "rotate: the torn record is dropped, the others recovered");
+        for (size_t i = 0; i < c.n; i++) {
+                gen_data(c.m[i]->env.mid, buf, SIZE);
+                if (c.m[i]->env.mid != mid[N - KEEP + i] || !data_matches(s, c.m[i]->env.mid, buf, SIZE))
+                        intact = false;
+        }
+        ok(intact, "rotate: recovered messages intact");
         collected_done(&c);
         s = spool_free(s);
 out:
@@ -878,14 +1075,20 @@ static void test_syncfs_failure(void) {
         atomic_store(&syncfs_fail, EIO);
         is_int(store(s, e, mb, &env, "x\r\n", 3), -EIO, "syncfs: failed sync reported to the committer");
         atomic_store(&syncfs_fail, 0);
-        ok(!path_exists(dir, "msg/%" PRIu64, env.mid), "syncfs: unsafe message removed");
+        is_int(spool_n_messages(s), 0, "syncfs: unsafe message removed");
         ok(!path_exists(dir, "tmp/%" PRIu64, env.mid), "syncfs: no tmp leftover");
 
         env.mid = spool_next_id(s, SPOOL_ID_MID);
         is_int(store(s, e, mb, &env, "y\r\n", 3), 0, "syncfs: next commit succeeds again");
+        s = spool_free(s);
+        is_int(spool_open(dir, &s), 0, "syncfs: reopen");
+        if (!s)
+                goto out;
         is_int(spool_recover(s, collect, &c), 1, "syncfs: only the durable message recovered");
+        ok(c.n == 1 && c.m[0]->env.mid == env.mid, "syncfs: it is the second one");
         collected_done(&c);
         s = spool_free(s);
+out:
         loop_free(e, mb);
         drop_dir(dir);
 }
@@ -924,7 +1127,10 @@ static _noreturn_ void crash_child(const char *dir, int pipe_fd) {
         sd_event *e;
         Mailbox *mb;
 
-        if (!buf || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0)
+        /* Half the generated sizes go over 32 KiB: a mix of segment
+         * records (in small segments, so some rotate) and message files. */
+        if (!buf || spool_open(dir, &s) < 0 || spool_set_limits(s, GEN_SIZE_MAX / 2, 256 * 1024) < 0 ||
+            loop_new(&e, &mb) < 0)
                 _exit(2);
         for (;;) {
                 while (child.inflight < CRASH_WINDOW) {
@@ -1063,9 +1269,12 @@ static void test_crash(void) {
 }
 
 int main(void) {
-        test_roundtrip();
+        test_roundtrip(false);
+        test_roundtrip(true);
         test_recover_cleanup();
         test_state();
+        test_segments_recover();
+        test_segments_rotate();
         test_ids();
         test_group_commit();
         test_syncfs_failure();
