@@ -109,6 +109,9 @@
 #define SPOOL_WRITER_CHUNK (16U * 1024U)
 /* Read size while checking a record on recovery. */
 #define SPOOL_SCAN_CHUNK (64U * 1024U)
+/* Distinct segments one flush syncs one by one; a batch spanning more
+ * (only with tiny segment limits) is synced with syncfs(2) instead. */
+#define SPOOL_FLUSH_SEGMENTS_MAX 8
 /* One log line: "<MID> <RID> <state>\n" or "<MID> done\n". */
 #define SPOOL_LOG_LINE_MAX 80
 
@@ -132,6 +135,7 @@ static const char * const rcpt_state_table[_SPOOL_RCPT_STATE_MAX] = {
 typedef struct SpoolCommit {
         struct SpoolCommit *next;
         uint64_t mid;
+        struct Segment *segment;        /* NULL: a message file */
         Mailbox *reply_to;
         spool_commit_fn_t done;
         void *userdata;
@@ -158,6 +162,7 @@ typedef struct Segment {
         int log_fd;                     /* <N>.log, opened on the first line */
         uint64_t size;                  /* end of the last complete record */
         size_t live;                    /* messages not done */
+        bool dir_synced;                /* its name is durable in seg/ (flusher only) */
         struct Segment *prev, *next;
 } Segment;
 
@@ -919,7 +924,7 @@ static void entry_remove(Spool *s, SegmentEntry *e) {
  * complete records followed at most by a torn tail that no commit has
  * covered yet: every record before an acknowledged one was written before
  * it, hence made durable by the same sync. */
-static int segment_append(Spool *s, SpoolWriter *w) {
+static int segment_append(Spool *s, SpoolWriter *w, Segment **ret) {
         RecordHead *head = (RecordHead *) w->mem;
         Segment *seg = NULL;
         int r;
@@ -953,6 +958,10 @@ static int segment_append(Spool *s, SpoolWriter *w) {
                 goto unlock;
         }
         seg->size += w->mem_len;
+        /* Stays valid until the commit completes: the message keeps its
+         * segment alive, and nothing removes it before it is acknowledged
+         * except the flusher itself. */
+        *ret = seg;
 unlock:
         pthread_mutex_unlock(&s->index_lock);
         return r;
@@ -967,12 +976,49 @@ static void commit_dispatch(void *userdata) {
         free(c);
 }
 
+/* Makes a batch durable. Segment records need only their segments' data
+ * (fdatasync) and, once per segment, its name in seg/; a message file
+ * needs its data, its rename and msg/, for which one syncfs(2) of the
+ * spool's file system serves the whole batch. fdatasync is preferred
+ * where it suffices: syncfs also writes back everything else on the file
+ * system. */
+static int flush_batch(Spool *s, SpoolCommit *batch) {
+        Segment *done[SPOOL_FLUSH_SEGMENTS_MAX];
+        size_t n_done = 0;
+
+        for (SpoolCommit *c = batch; c; c = c->next)
+                if (!c->segment)
+                        return syncfs(s->dir_fd) < 0 ? -errno : 0;
+
+        for (SpoolCommit *c = batch; c; c = c->next) {
+                Segment *seg = c->segment;
+                bool seen = false;
+
+                for (size_t i = 0; i < n_done; i++)
+                        if (done[i] == seg)
+                                seen = true;
+                if (seen)
+                        continue;
+                if (n_done >= ELEMENTSOF(done))
+                        return syncfs(s->dir_fd) < 0 ? -errno : 0;
+                if (fdatasync(seg->fd) < 0)
+                        return -errno;
+                if (!seg->dir_synced) {
+                        if (fsync(s->seg_fd) < 0)
+                                return -errno;
+                        seg->dir_synced = true;
+                }
+                done[n_done++] = seg;
+        }
+        return 0;
+}
+
 static void *flusher_thread(void *userdata) {
         Spool *s = userdata;
 
         for (;;) {
                 SpoolCommit *batch;
-                int r = 0;
+                int r;
 
                 pthread_mutex_lock(&s->lock);
                 while (!s->pending_head && !s->stop)
@@ -984,11 +1030,7 @@ static void *flusher_thread(void *userdata) {
                 if (!batch)
                         break;          /* stopping and nothing left */
 
-                /* One syncfs(2) writes back every record and file of the
-                 * batch, the renames into msg/ and the directories: all of
-                 * them live on the spool's file system. */
-                if (syncfs(s->dir_fd) < 0)
-                        r = -errno;
+                r = flush_batch(s, batch);
 
                 while (batch) {
                         SpoolCommit *c = batch;
@@ -1352,7 +1394,7 @@ int spool_writer_commit(SpoolWriter *w, Mailbox *reply_to, spool_commit_fn_t don
 
                 (void) snprintf(field, sizeof field, "%0*" PRIu64, SPOOL_SIZE_WIDTH, w->data_size);
                 memcpy(w->mem + sizeof(RecordHead) + w->size_offset, field, SPOOL_SIZE_WIDTH);
-                r = segment_append(s, w);
+                r = segment_append(s, w, &c->segment);
                 if (r < 0)
                         goto fail;
         }

@@ -9,9 +9,9 @@
  * process killed with SIGKILL while committing: every message it
  * acknowledged must come back byte for byte.
  *
- * syncfs() is wrapped below (the definition in this program takes
- * precedence over libc's) to count group-commit rounds and to inject a
- * failure; it passes through to the real system call otherwise.
+ * syncfs() and fdatasync() are wrapped below (the definitions in this
+ * program take precedence over libc's) to count group-commit rounds and to
+ * inject a failure; they pass through to the real system calls otherwise.
  */
 
 #include <errno.h>
@@ -50,18 +50,30 @@
 #define WAIT_USEC (10 * USEC_PER_SEC)
 #define CRASH_ROUNDS 3
 
-static atomic_uint syncfs_calls;
-static atomic_int syncfs_fail;         /* errno to fail with, 0 = pass through */
+static atomic_uint sync_calls;
+static atomic_int sync_fail;            /* errno to fail with, 0 = pass through */
 
-int syncfs(int fd) {
-        int e = atomic_load(&syncfs_fail);
+static int sync_hook(void) {
+        int e = atomic_load(&sync_fail);
 
-        atomic_fetch_add(&syncfs_calls, 1);
+        atomic_fetch_add(&sync_calls, 1);
         if (e != 0) {
                 errno = e;
                 return -1;
         }
+        return 0;
+}
+
+int syncfs(int fd) {
+        if (sync_hook() < 0)
+                return -1;
         return (int) syscall(SYS_syncfs, fd);
+}
+
+int fdatasync(int fd) {
+        if (sync_hook() < 0)
+                return -1;
+        return (int) syscall(SYS_fdatasync, fd);
 }
 
 static uint64_t now_usec(void) {
@@ -1013,7 +1025,7 @@ static void test_group_commit(void) {
                 return;
         }
 
-        atomic_store(&syncfs_calls, 0);
+        atomic_store(&sync_calls, 0);
         t0 = now_usec();
         for (int i = 0; i < GC_THREADS; i++) {
                 t[i] = (GcThread) { .spool = s };
@@ -1026,12 +1038,12 @@ static void test_group_commit(void) {
                 if (t[i].error)
                         printf("# thread %d error %d\n", i, t[i].error);
         }
-        rounds = atomic_load(&syncfs_calls);
+        rounds = atomic_load(&sync_calls);
 
         is_int(completed, total, "group: every commit completed on its loop");
         is_int(failed, 0, "group: every completion reported success");
-        ok(rounds > 0 && rounds < total, "group: %u syncfs rounds for %u commits", rounds, total);
-        printf("# group commit: %u commits from %d threads (window %d) in %u syncfs rounds, "
+        ok(rounds > 0 && rounds < total, "group: %u sync rounds for %u commits", rounds, total);
+        printf("# group commit: %u commits from %d threads (window %d) in %u sync rounds, "
                "%.1f commits per round, %.0f ms\n",
                total, GC_THREADS, GC_WINDOW, rounds, rounds ? (double) total / rounds : 0.0,
                (double) (now_usec() - t0) / 1000.0);
@@ -1058,7 +1070,9 @@ out:
         drop_dir(dir);
 }
 
-static void test_syncfs_failure(void) {
+/* A failed sync of a segment (fdatasync) or of a message file (syncfs). */
+static void test_syncfs_failure(bool files) {
+        const char *mode = files ? "files" : "segments";
         char *dir = make_dir();
         Spool *s = NULL;
         sd_event *e;
@@ -1067,25 +1081,26 @@ static void test_syncfs_failure(void) {
         Envelope env = { .sender = "s@example.org", .rcpts = rcpts, .n_rcpts = 1 };
         Collected c = {};
 
-        if (!dir || spool_open(dir, &s) < 0 || loop_new(&e, &mb) < 0) {
-                ok(false, "syncfs: setup");
+        if (!dir || spool_open(dir, &s) < 0 || spool_set_limits(s, files ? 0 : 1 << 20, 1 << 20) < 0 ||
+            loop_new(&e, &mb) < 0) {
+                ok(false, "sync %s: setup", mode);
                 return;
         }
         env.mid = spool_next_id(s, SPOOL_ID_MID);
-        atomic_store(&syncfs_fail, EIO);
-        is_int(store(s, e, mb, &env, "x\r\n", 3), -EIO, "syncfs: failed sync reported to the committer");
-        atomic_store(&syncfs_fail, 0);
-        is_int(spool_n_messages(s), 0, "syncfs: unsafe message removed");
-        ok(!path_exists(dir, "tmp/%" PRIu64, env.mid), "syncfs: no tmp leftover");
+        atomic_store(&sync_fail, EIO);
+        is_int(store(s, e, mb, &env, "x\r\n", 3), -EIO, "sync %s: failed sync reported to the committer", mode);
+        atomic_store(&sync_fail, 0);
+        is_int(spool_n_messages(s), 0, "sync %s: unsafe message removed", mode);
+        ok(!path_exists(dir, "tmp/%" PRIu64, env.mid), "sync %s: no tmp leftover", mode);
 
         env.mid = spool_next_id(s, SPOOL_ID_MID);
-        is_int(store(s, e, mb, &env, "y\r\n", 3), 0, "syncfs: next commit succeeds again");
+        is_int(store(s, e, mb, &env, "y\r\n", 3), 0, "sync %s: next commit succeeds again", mode);
         s = spool_free(s);
-        is_int(spool_open(dir, &s), 0, "syncfs: reopen");
+        is_int(spool_open(dir, &s), 0, "sync %s: reopen", mode);
         if (!s)
                 goto out;
-        is_int(spool_recover(s, collect, &c), 1, "syncfs: only the durable message recovered");
-        ok(c.n == 1 && c.m[0]->env.mid == env.mid, "syncfs: it is the second one");
+        is_int(spool_recover(s, collect, &c), 1, "sync %s: only the durable message recovered", mode);
+        ok(c.n == 1 && c.m[0]->env.mid == env.mid, "sync %s: it is the second one", mode);
         collected_done(&c);
         s = spool_free(s);
 out:
@@ -1277,7 +1292,8 @@ int main(void) {
         test_segments_rotate();
         test_ids();
         test_group_commit();
-        test_syncfs_failure();
+        test_syncfs_failure(false);
+        test_syncfs_failure(true);
         test_crash();
         return tap_done();
 }
