@@ -340,9 +340,50 @@ static void test_chunkings(void) {
         check_chunkings("generated message", big, o);
 }
 
+/* Random messages with long runs of ordinary text between CRs, LFs and
+ * dots, so that the block scanner meets every alignment of CRLF, bare CR
+ * or LF and line-initial "." against its 16-octet blocks. */
+static void test_blocks(void) {
+        static const char * const pieces[] = {
+                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ+/",
+                "abcdefghijklmno", "x", "xy", "\r\n", "\r\n", "\r\n", "\r\n.", "\r", "\n", ".", "..",
+        };
+        static char m[800];
+        unsigned bad = 0;
+
+        for (unsigned k = 0; k < 120; k++) {
+                size_t o = 0, target = 100 + rng() % 600;
+                char name[64], why[256];
+
+                while (o < target) {
+                        const char *pc = pieces[rng() % ELEMENTSOF(pieces)];
+                        size_t l = strlen(pc);
+
+                        if (o + l + 5 > sizeof(m))
+                                break;
+                        memcpy(m + o, pc, l);
+                        o += l;
+                }
+                if (k % 2 == 0) {
+                        memcpy(m + o, "\r\n.\r\n", 5);
+                        o += 5;
+                }
+                snprintf(name, sizeof name, "block message %u", k);
+                model(m, o, &want);
+                scan_whole(m, o, &got);
+                if (!same(&got, &want, why, sizeof why)) {
+                        printf("# %s: %s\n", name, why);
+                        bad++;
+                }
+                check_chunkings(name, m, o);
+        }
+        is_int(bad, 0, "blocks: every whole-buffer scan agrees with the model");
+}
+
 int main(void) {
         test_basic();
         test_smuggling();
         test_chunkings();
+        test_blocks();
         return tap_done();
 }
