@@ -5,6 +5,10 @@
  * when journald is not there (or stderr is a terminal, for foreground runs).
  * Each mail event class below has a fixed MESSAGE_ID so that
  * `journalctl MESSAGE_ID=...` selects one kind of line.
+ *
+ * Every connection writes several lines, so an entry formats only what
+ * will be sent: the FIELD=value items only for journald, nothing at all for
+ * a line below the maximum level.
  */
 
 #include <errno.h>
@@ -79,13 +83,15 @@ typedef struct LogEntry {
         struct iovec iov[LOG_FIELDS_MAX];
         size_t n;
         int priority;
+        bool skip;              /* below the maximum level: format nothing */
+        bool fields;            /* journald gets FIELD=value items */
         char *message;          /* the MESSAGE= value, for stderr */
 } LogEntry;
 
 _printf_(2, 0) static void entry_addv(LogEntry *e, const char *fmt, va_list ap) {
         char *s;
 
-        if (e->n >= LOG_FIELDS_MAX)
+        if (!e->fields || e->n >= LOG_FIELDS_MAX)
                 return;
         if (vasprintf(&s, fmt, ap) < 0)
                 return;
@@ -100,8 +106,12 @@ _printf_(2, 3) static void entry_add(LogEntry *e, const char *fmt, ...) {
 }
 
 static void entry_begin(LogEntry *e, int priority, const char *message_id) {
-        *e = (LogEntry) { .priority = priority };
         log_open();
+        *e = (LogEntry) {
+                .priority = priority,
+                .skip = priority > max_level,
+                .fields = priority <= max_level && use_journal > 0,
+        };
         entry_add(e, "PRIORITY=%d", priority);
         entry_add(e, "SYSLOG_IDENTIFIER=tlsgwd");
         if (message_id)
@@ -112,6 +122,8 @@ _printf_(2, 3) static void entry_message(LogEntry *e, const char *fmt, ...) {
         va_list ap;
         char *s;
 
+        if (e->skip)
+                return;
         va_start(ap, fmt);
         if (vasprintf(&s, fmt, ap) < 0)
                 s = NULL;

@@ -1,11 +1,16 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
-/* Builds the SSL_CTX set of a configuration; see tls-contexts.h. */
+/* Builds the SSL_CTX set of a configuration; see tls-contexts.h.
+ *
+ * kTLS is asked of OpenSSL only when the kernel has it (ktls_available(),
+ * probed once per process, the same answer the daemon reports): otherwise
+ * every handshake would try two setsockopt() calls that can only fail. */
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ktls.h"
 #include "tls-contexts.h"
 #include "tls.h"
 #include "util/macro.h"
@@ -55,7 +60,7 @@ static int build_listener(const Config *c, const ListenerConfig *l, CertStore *c
                 .ciphers = l->tls_ciphers,
                 .ciphersuites = l->tls_ciphersuites,
                 .groups = l->tls_groups,
-                .ktls = l->ktls,
+                .ktls = l->ktls && ktls_available(),
         };
         int r;
 
@@ -96,7 +101,7 @@ static int build_destination(const Config *c, const DestinationConfig *d, CertSt
                 .ciphers = tc->ciphers,
                 .ciphersuites = tc->ciphersuites,
                 .groups = tc->groups,
-                .ktls = d->ktls,
+                .ktls = d->ktls && ktls_available(),
         };
         int r;
 

@@ -138,6 +138,20 @@ void tls_ticket_keys_rotate_for_test(void) {
         pthread_mutex_unlock(&ticket_keys.lock);
 }
 
+/* The ticket cipher, fetched once: handing OpenSSL 3 the legacy
+ * EVP_aes_256_cbc() makes every EVP_EncryptInit_ex() fetch the provider
+ * implementation again (a locked method-store lookup per ticket). The
+ * fetched object is immutable and shared by all threads; it lives as long as
+ * the process. NULL if the fetch failed: the callback then reports an error
+ * and the handshake goes on without a ticket. */
+static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
+static EVP_CIPHER *ticket_cipher;
+
+static void ticket_cipher_fetch(void) {
+        ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+        ERR_clear_error();
+}
+
 static int ticket_mac_init(EVP_MAC_CTX *hctx, unsigned char *key) {
         OSSL_PARAM params[] = {
                 OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, TLS_TICKET_HMAC_KEY_SIZE),
@@ -155,6 +169,10 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv
                          EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc) {
         TicketKey k;
         int r = 1;
+
+        (void) pthread_once(&ticket_cipher_once, ticket_cipher_fetch);
+        if (!ticket_cipher)
+                return -1;
 
         pthread_mutex_lock(&ticket_keys.lock);
         if (ticket_keys_refresh_locked() < 0) {
@@ -177,10 +195,10 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv
 
         if (enc) {
                 memcpy(key_name, k.name, TLS_TICKET_NAME_SIZE);
-                if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1 ||
-                    EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+                if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(ticket_cipher)) != 1 ||
+                    EVP_EncryptInit_ex(cctx, ticket_cipher, NULL, k.aes, iv) != 1)
                         r = -1;
-        } else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+        } else if (EVP_DecryptInit_ex(cctx, ticket_cipher, NULL, k.aes, iv) != 1)
                 r = -1;
 
         if (r > 0 && ticket_mac_init(hctx, k.hmac) < 0)
@@ -282,11 +300,34 @@ static void ctx_set_common(SSL_CTX *ctx, const TlsSettings *s) {
 
         /* Non-blocking sockets: a write may complete partially and the buffer
          * may move between retries (we retry from our own output buffer).
-         * RELEASE_BUFFERS frees the 2 x 16K record buffers while a session is
-         * idle, which is most of an SMTP session's life. */
+         * SSL_MODE_RELEASE_BUFFERS is set per session once its handshake is
+         * done (tls_session_handshake()): set here, the handshake's flights
+         * would free and allocate the 2 x 16K record buffers several times
+         * over. */
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/* With no chain of its own, OpenSSL builds a certificate's chain from the
+ * verify store on every handshake that sends it (a full X509_verify_cert()
+ * walk, the biggest cost of such a handshake after the signature). Built
+ * once here, for each certificate slot that has none, the result is the
+ * same: what the store can find, root included, or the leaf alone when it
+ * finds nothing. A slot whose build fails (e.g. a CA below the security
+ * level) keeps no chain, so OpenSSL still builds and checks it per
+ * handshake as before. Call after the verify store is loaded. */
+static void ctx_build_chains(SSL_CTX *ctx, Certificate * const *certs, size_t n_certs) {
+        for (size_t i = 0; i < n_certs; i++) {
+                STACK_OF(X509) *chain = NULL;
+
+                if (!certs[i] || !certs[i]->leaf ||
+                    SSL_CTX_select_current_cert(ctx, certs[i]->leaf) != 1 ||
+                    SSL_CTX_get0_chain_certs(ctx, &chain) != 1 || chain)
+                        continue;
+                (void) SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR |
+                                                     SSL_BUILD_CHAIN_FLAG_CLEAR_ERROR);
+        }
+        ERR_clear_error();
 }
 
 static int ctx_use_certificate(SSL_CTX *ctx, Certificate *c, char **ret_error) {
@@ -385,6 +426,7 @@ int tls_server_ctx_new(const TlsSettings *s, Certificate * const *certs, size_t 
                 r = set_error(ret_error, "cannot load the system CA store");
                 goto finish;
         }
+        ctx_build_chains(ctx, certs, n_certs);
 
         /* Resumption by stateless tickets only: a server-side cache would be
          * per context and per process, and costs memory per client. */
@@ -439,6 +481,7 @@ int tls_client_ctx_new(const TlsSettings *s, const char *ca_file, Certificate *c
                 r = ctx_use_certificate(ctx, client_cert, ret_error);
                 if (r < 0)
                         goto finish;
+                ctx_build_chains(ctx, &client_cert, 1);
         }
 
         /* Verification is decided per session (tls_session_new()); the chain
@@ -684,6 +727,10 @@ int tls_session_handshake(TlsSession *t, uint32_t *ret_events) {
         if (r == 1) {
                 t->handshake_done = true;
                 session_record(t);
+                /* From now on the record buffers are freed whenever they run
+                 * empty: an SMTP session is idle most of its life, and idle
+                 * sessions must not pin 2 x 16K each. */
+                SSL_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
                 /* Clients use a TLS 1.3 ticket once (RFC 8446 C.4) and OpenSSL
                  * sends none after a resumption unless the key was old: queue
                  * one anyway (it goes out with our next read or write), so a

@@ -671,6 +671,87 @@ static void test_server_verification(void) {
         SSL_CTX_free(old);
 }
 
+static int concat_files(const char *out, const char *a, const char *b) {
+        _cleanup_fclose_ FILE *o = fopen(out, "we");
+        const char *in[] = { a, b };
+        char buf[4096];
+        size_t n;
+
+        if (!o)
+                return -errno;
+        for (size_t i = 0; i < ELEMENTSOF(in); i++) {
+                _cleanup_fclose_ FILE *f = fopen(in[i], "re");
+
+                if (!f)
+                        return -errno;
+                while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+                        if (fwrite(buf, 1, n, o) != n)
+                                return -EIO;
+        }
+        return fflush(o) == 0 ? 0 : -errno;
+}
+
+/* A certificate without a chain of its own is served with what its
+ * context's verify store completes (built once with the context, not per
+ * handshake): leaf, intermediate and root here, so a client that trusts
+ * only the root verifies it. One whose issuer the store lacks goes out
+ * alone, and the handshake still completes. */
+static void test_built_chain(void) {
+        char store_file[512];
+        SSL_CTX *cctx = client_ctx(&settings_default, pki_path("ca-bundle.pem"), NULL);
+        Certificate *bare = cert_load("server-ec-bare", "server-ec.pem", "server-ec.key", NULL);
+        SSL_CTX *sctx = NULL, *alone = NULL;
+        char **subjects = NULL;
+        Peer s, c;
+
+        /* pki_path() reuses its buffers: keep a copy. */
+        snprintf(store_file, sizeof(store_file), "%s", pki_path("root-and-intermediate.pem"));
+        ok(concat_files(store_file, pki_path("ca.pem"), pki_path("intermediate.pem")) >= 0,
+           "root and intermediate in one verify file");
+        ok(bare && sk_X509_num(bare->chain) <= 0, "leaf loaded without a chain");
+        if (bare) {
+                sctx = server_ctx(&settings_default, &bare, 1, store_file);
+                alone = server_ctx(&settings_default, &untrusted, 1, store_file);
+        }
+        ok(sctx && alone, "server contexts");
+        if (!sctx || !alone || !cctx)
+                goto finish;
+
+        STACK_OF(X509) *built = NULL;
+        ok(SSL_CTX_select_current_cert(sctx, bare->leaf) == 1 &&
+           SSL_CTX_get0_chain_certs(sctx, &built) == 1 && sk_X509_num(built) == 2,
+           "the context holds the built chain (intermediate and root)");
+
+        for (int round = 0; round < 2; round++) {
+                connect_pair(sctx, TLS_VERIFY_NONE, cctx, TLS_VERIFY_OPTIONAL, false, NULL, &s, &c);
+                drive(&s, &c);
+                is_int(c.state, 1, "built chain, handshake %d (%s)", round + 1, c.error);
+                ok(tls_session_peer_verified(c.t), "served chain verifies against the root alone (%s)",
+                   tls_session_verify_error(c.t) ?: "ok");
+                ok(tls_session_peer_chain(c.t, &subjects) >= 0 && strv_length(subjects) == 3,
+                   "leaf, intermediate and root sent");
+                strv_free(subjects);
+                subjects = NULL;
+                peer_done(&s);
+                peer_done(&c);
+        }
+
+        connect_pair(alone, TLS_VERIFY_NONE, cctx, TLS_VERIFY_OPTIONAL, false, NULL, &s, &c);
+        drive(&s, &c);
+        is_int(c.state, 1, "issuer unknown to the store: handshake completes (%s)", c.error);
+        ok(tls_session_peer_chain(c.t, &subjects) >= 0 && strv_length(subjects) == 1, "the leaf goes out alone");
+        ok(!tls_session_peer_verified(c.t), "and does not verify");
+        strv_free(subjects);
+        peer_done(&s);
+        peer_done(&c);
+
+finish:
+        SSL_CTX_free(cctx);
+        SSL_CTX_free(sctx);
+        SSL_CTX_free(alone);
+        certificate_unref(bare);
+}
+
 /* One connection with a bare client: returns its session after reading
  * the server's first line (so a TLS 1.3 ticket has been processed). */
 static SSL_SESSION *resume_once(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION *resume, bool *ret_resumed) {
@@ -919,6 +1000,7 @@ int main(void) {
         test_cert_selection();
         test_client_verification();
         test_server_verification();
+        test_built_chain();
         test_resumption(TLS1_3_VERSION);
         test_resumption(TLS1_2_VERSION);
         test_threads();
