@@ -24,8 +24,9 @@
  * times that. An MX lookup asks two rounds (MX, then addresses).
  *
  * This module does not log: errors are negative errno plus a short text for
- * the caller's log line. It does not cache (that is the job of the
- * configured recursive resolver) and does not connect anywhere itself.
+ * the caller's log line. It does not connect anywhere itself. It caches
+ * only the outcome of reverse lookups (see RESOLVER_REVERSE_CACHE_USEC);
+ * everything else is left to the configured recursive resolver.
  */
 
 #include <arpa/inet.h>
@@ -40,10 +41,29 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 
+/* The reverse cache does not grow when memory is short; the lookup result
+ * is delivered all the same. */
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(e) ((e)->oom = true)
+#include <uthash.h>
+
 #include "config.h"
 #include "resolver.h"
 #include "util/macro.h"
 #include "util/parse.h"
+
+/* A client's reverse lookup (PTR, then the forward confirmation) is
+ * remembered this long: a host sending mail reconnects again and again,
+ * and each lookup is two DNS round trips (plus two reads of /etc/hosts for
+ * names there) on every connection. Only found names are kept (verified or
+ * not, with no step timed out or failed): c-ares reports a PTR question no
+ * server answered as "not found", like a real NXDOMAIN, so "no PTR" is
+ * never remembered. c-ares gives no TTL for PTR answers, so the time is
+ * fixed and short: a changed PTR record is seen within a minute. */
+#define RESOLVER_REVERSE_CACHE_USEC (60 * USEC_PER_SEC)
+/* Entries per resolver (one resolver per thread); when full, the oldest
+ * entry goes. */
+#define RESOLVER_REVERSE_CACHE_MAX 4096
 
 /* RFC 1035 2.3.4: names are at most 255 octets on the wire. */
 #define RESOLVER_NAME_MAX 255
@@ -82,7 +102,24 @@ struct Resolver {
         ResolverSocket *sockets;
         ResolverQuery *queries;         /* all live queries, for resolver_free() */
         uint64_t rng;                   /* xorshift state for MX shuffling */
+        struct ReverseEntry *reverse_cache;     /* by address, oldest first */
 };
+
+/* A remembered reverse lookup. The key is the normalized address (IPv4-
+ * mapped IPv6 as IPv4), zero-padded. */
+typedef struct ReverseKey {
+        int family;
+        uint8_t addr[16];
+} ReverseKey;
+
+typedef struct ReverseEntry {
+        ReverseKey key;
+        char *name;
+        bool verified;
+        uint64_t expires;               /* CLOCK_MONOTONIC */
+        bool oom;                       /* set when the table could not grow */
+        UT_hash_handle hh;
+} ReverseEntry;
 
 typedef enum QueryKind {
         QUERY_REVERSE,
@@ -125,8 +162,11 @@ struct ResolverQuery {
 
         /* QUERY_REVERSE */
         struct sockaddr_storage client;
+        ReverseKey key;
         char *name;
         bool verified;
+        bool indefinite;                /* a step failed for a transient reason */
+        bool cached;                    /* answered from the cache */
 
         /* QUERY_TARGETS */
         char *domain;                   /* MX lookups, for messages */
@@ -767,13 +807,16 @@ static void query_dispatch_targets(ResolverQuery *q) {
         q->cb.targets(error, error < 0 ? q->errtext : NULL, t, n, q->userdata);
 }
 
+static void reverse_cache_store(ResolverQuery *q);
+
 static int query_dispatch(sd_event_source *s, void *userdata) {
         ResolverQuery *q = userdata;
 
         q->dispatching = true;
-        if (q->kind == QUERY_REVERSE)
+        if (q->kind == QUERY_REVERSE) {
+                reverse_cache_store(q);
                 q->cb.reverse(q->name, q->name && q->verified, q->userdata);
-        else
+        } else
                 query_dispatch_targets(q);
         q->dispatching = false;
 
@@ -825,6 +868,8 @@ static void resolver_on_forward(void *arg, int status, int timeouts, struct ares
         if (!q)
                 goto finish;
 
+        if ((status != ARES_SUCCESS && !ares_status_is_permanent(status)) || timeouts > 0)
+                q->indefinite = true;
         if (status == ARES_SUCCESS && res)
                 for (struct ares_addrinfo_node *n = res->nodes; n; n = n->ai_next)
                         if (n->ai_addr && sockaddr_same_address(n->ai_addr, (struct sockaddr *) &q->client)) {
@@ -849,6 +894,10 @@ static void resolver_on_ptr(void *arg, int status, int timeouts, struct hostent 
         if (!q)
                 return;
 
+        /* c-ares ends a reverse lookup whose questions all failed with
+         * ENOTFOUND, timeouts included: any timeout makes it indefinite. */
+        if ((status != ARES_SUCCESS && !ares_status_is_permanent(status)) || timeouts > 0)
+                q->indefinite = true;
         /* The PTR data is chosen by whoever controls the client's reverse
          * zone: only a well-formed host name is kept (RFC 1123 2.1). */
         if (status == ARES_SUCCESS && h && h->h_name && domain_is_valid(h->h_name)) {
@@ -865,9 +914,68 @@ static void resolver_on_ptr(void *arg, int status, int timeouts, struct hostent 
         query_maybe_finish(q);
 }
 
+static void reverse_entry_free(Resolver *r, ReverseEntry *e) {
+        HASH_DEL(r->reverse_cache, e);
+        free(e->name);
+        free(e);
+}
+
+static uint64_t resolver_now(Resolver *r) {
+        uint64_t now = 0;
+
+        (void) sd_event_now(r->event, CLOCK_MONOTONIC, &now);
+        return now;
+}
+
+/* A fresh entry for the key, or NULL (an expired one is dropped). */
+static ReverseEntry *reverse_cache_find(Resolver *r, const ReverseKey *key) {
+        ReverseEntry *e = NULL;
+
+        HASH_FIND(hh, r->reverse_cache, key, sizeof(*key), e);
+        if (e && e->expires <= resolver_now(r)) {
+                reverse_entry_free(r, e);
+                e = NULL;
+        }
+        return e;
+}
+
+/* Remembers a reverse lookup that found a name, unless it came from the
+ * cache or a step failed for a reason that may go away. */
+static void reverse_cache_store(ResolverQuery *q) {
+        Resolver *r = q->resolver;
+        ReverseEntry *e, *old;
+
+        if (!r || q->cached || q->indefinite || !q->name)
+                return;
+        old = reverse_cache_find(r, &q->key);
+        if (old)
+                reverse_entry_free(r, old);
+        if (HASH_COUNT(r->reverse_cache) >= RESOLVER_REVERSE_CACHE_MAX)
+                /* The head of the hash's list is the oldest entry. */
+                reverse_entry_free(r, r->reverse_cache);
+
+        e = calloc(1, sizeof(*e));
+        if (!e)
+                return;
+        e->key = q->key;
+        e->verified = q->verified;
+        e->expires = resolver_now(r) + RESOLVER_REVERSE_CACHE_USEC;
+        e->name = strdup(q->name);
+        if (!e->name) {
+                free(e);
+                return;
+        }
+        HASH_ADD(hh, r->reverse_cache, key, sizeof(e->key), e);
+        if (e->oom) {
+                free(e->name);
+                free(e);
+        }
+}
+
 int resolver_reverse(Resolver *r, const struct sockaddr *sa, resolver_reverse_fn_t cb,
                      void *userdata, ResolverQuery **ret) {
         ResolverQuery *q;
+        ReverseEntry *e;
         const void *addr;
         size_t len;
         Pending *p;
@@ -884,6 +992,23 @@ int resolver_reverse(Resolver *r, const struct sockaddr *sa, resolver_reverse_fn
                 return k;
         q->cb.reverse = cb;
         memcpy(&q->client, sa, sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+        q->key.family = family;
+        memcpy(q->key.addr, addr, len);
+
+        e = reverse_cache_find(r, &q->key);
+        if (e) {
+                q->name = strdup(e->name);
+                if (!q->name) {
+                        query_free(q);
+                        return -ENOMEM;
+                }
+                q->verified = e->verified;
+                q->cached = true;
+                query_maybe_finish(q);
+                if (ret)
+                        *ret = q;
+                return 0;
+        }
 
         p = query_pending_new(q, 0);
         if (!p) {
@@ -1046,6 +1171,8 @@ Resolver *resolver_free(Resolver *r) {
                 sd_event_source_disable_unref(s->source);
                 free(s);
         }
+        while (r->reverse_cache)
+                reverse_entry_free(r, r->reverse_cache);
         sd_event_source_disable_unref(r->timer);
         sd_event_unref(r->event);
         free(r);

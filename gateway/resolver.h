@@ -39,7 +39,8 @@ void resolver_query_cancel(ResolverQuery *q);
 void resolver_query_set_destroy(ResolverQuery *q, void (*destroy)(void *userdata));
 
 /* PTR for the address, then A/AAAA of that name must contain the address
- * ("verified"). name NULL when there is no PTR. */
+ * ("verified"). name NULL when there is no PTR. Names found are
+ * remembered for a minute per resolver (see resolver.c). */
 typedef void (*resolver_reverse_fn_t)(const char *name, bool verified, void *userdata);
 int resolver_reverse(Resolver *r, const struct sockaddr *sa, resolver_reverse_fn_t cb,
                      void *userdata, ResolverQuery **ret);

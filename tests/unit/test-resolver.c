@@ -623,6 +623,85 @@ static void test_route(sd_event *e, Resolver *res) {
         result_done(&r);
 }
 
+/* Last: stops the DNS server. A name found is answered from the cache
+ * without it; "no PTR" and failures are not remembered. */
+static void test_reverse_cache(sd_event *e, const char *server) {
+        char srv[32];
+        char *servers[] = { srv, NULL };
+        struct sockaddr_in sin = { .sin_family = AF_INET };
+        struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+        Resolver *res = NULL;
+        Result r = {};
+        uint64_t start, took;
+
+        snprintf(srv, sizeof srv, "%s", server);
+        is_int(resolver_new(e, servers, SILENT_TIMEOUT_USEC, &res), 0, "cache: resolver");
+        if (!res)
+                return;
+        inet_pton(AF_INET, "192.0.2.1", &sin.sin_addr);
+        is_int(resolver_reverse(res, (struct sockaddr *) &sin, on_reverse, &r, NULL), 0, "cache: first lookup");
+        run_until_called(e, &r, WAIT_USEC);
+        ok(r.name && streq(r.name, "mx1.example.test") && r.verified, "cache: answered by DNS");
+        result_done(&r);
+        inet_pton(AF_INET, "192.0.2.99", &sin.sin_addr);
+        is_int(resolver_reverse(res, (struct sockaddr *) &sin, on_reverse, &r, NULL), 0, "cache: lookup without PTR");
+        run_until_called(e, &r, WAIT_USEC);
+        ok(r.calls == 1 && !r.name, "cache: no PTR");
+        result_done(&r);
+
+        dns_stop();
+
+        start = now_usec();
+        inet_pton(AF_INET6, "::ffff:192.0.2.1", &sin6.sin6_addr);
+        is_int(resolver_reverse(res, (struct sockaddr *) &sin6, on_reverse, &r, NULL), 0,
+               "cache: same client again (v4-mapped), server gone");
+        is_int(r.calls, 0, "cache: a cached answer still waits for the loop");
+        run_until_called(e, &r, WAIT_USEC);
+        took = now_usec() - start;
+        ok(r.calls == 1 && r.name && streq(r.name, "mx1.example.test") && r.verified,
+           "cache: name and verification from the cache");
+        ok(took < SILENT_TIMEOUT_USEC, "cache: without asking (%llu ms)", (unsigned long long) (took / USEC_PER_MSEC));
+        result_done(&r);
+
+        inet_pton(AF_INET, "192.0.2.7", &sin.sin_addr);
+        is_int(resolver_reverse(res, (struct sockaddr *) &sin, on_reverse, &r, NULL), 0,
+               "cache: unknown client, server gone");
+        run_until_called(e, &r, WAIT_USEC);
+        ok(r.calls == 1 && !r.name, "cache: nothing cached for it, no name");
+        result_done(&r);
+        res = resolver_free(res);
+
+        /* A server that never answers: each lookup waits for the timeout
+         * again, so the failure was not remembered. */
+        {
+                _cleanup_close_ int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                struct sockaddr_in ss = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                socklen_t len = sizeof(ss);
+
+                if (fd < 0 || bind(fd, (struct sockaddr *) &ss, sizeof(ss)) < 0 ||
+                    getsockname(fd, (struct sockaddr *) &ss, &len) < 0) {
+                        ok(0, "cache: silent server socket: %m");
+                        return;
+                }
+                snprintf(srv, sizeof srv, "127.0.0.1:%u", ntohs(ss.sin_port));
+                is_int(resolver_new(e, servers, SILENT_TIMEOUT_USEC, &res), 0, "cache: resolver for a silent server");
+                if (!res)
+                        return;
+                for (int round = 0; round < 2; round++) {
+                        start = now_usec();
+                        is_int(resolver_reverse(res, (struct sockaddr *) &sin, on_reverse, &r, NULL), 0,
+                               "cache: silent server, lookup %d", round);
+                        run_until_called(e, &r, WAIT_USEC);
+                        took = now_usec() - start;
+                        ok(r.calls == 1 && !r.name && took >= SILENT_TIMEOUT_USEC,
+                           "cache: timed out after %llu ms, so it asked (%d)",
+                           (unsigned long long) (took / USEC_PER_MSEC), round);
+                        result_done(&r);
+                }
+        }
+        res = resolver_free(res);
+}
+
 int main(void) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
         char server[32];
@@ -677,6 +756,7 @@ int main(void) {
                 test_hosts(e, res);
                 test_route(e, res);
                 res = resolver_free(res);
+                test_reverse_cache(e, server);
         }
 
         dns_stop();
