@@ -2,18 +2,28 @@
 /*
  * The delivery queue (see queue.h).
  *
- * Model: every Message holds one QueueRcpt per RID. A recipient that is
- * waiting (PENDING) sits on its Destination's list (one Destination per
- * lowercased recipient domain); while a worker carries it (ACTIVE) it is on
- * no list; DELIVERED and BOUNCED are final. A message leaves the spool once
- * every recipient is final.
+ * Model: every Message holds one QueueRcpt per RID, and every recipient
+ * domain (lowercased) one Destination. A recipient that is waiting
+ * (PENDING) is either due, on its Destination's due list in the order it
+ * became due (arrival for new messages, retry time for retries), or
+ * waiting for a retry time, in the queue-wide min-heap ordered by
+ * next_attempt; while a worker carries it (ACTIVE) it is on neither;
+ * DELIVERED and BOUNCED are final. A message leaves the spool once every
+ * recipient is final.
  *
  * Scheduling: one CLOCK_REALTIME timer (retry times are wall-clock, like
  * the arrival time they are measured against). Every event that may let a
  * job start (queue_add, queue_job_done, route results, flush, config)
  * re-arms it to "now", so bursts of events are coalesced into one pass and
- * no job is ever started from inside a caller's stack. The pass starts at
- * most one route lookup per Destination; each lookup result starts one job.
+ * no job is ever started from inside a caller's stack. The pass moves the
+ * recipients whose retry time came from the heap to their due lists, then
+ * looks only at the Destinations with due recipients (the ready list),
+ * starting at most one route lookup per Destination; each lookup result
+ * starts one job, taken from the head of the due list. Its cost grows with
+ * what it starts and with the number of ready Destinations, never with the
+ * number of recipients waiting for a retry: a large backlog does not slow
+ * down the scheduling of new mail. Destinations left with nothing to do
+ * are put on an idle list and freed by the next pass.
  *
  * What it does not do: any network or file I/O of its own beyond reading
  * the original header section for a DSN and writing the DSN to the spool.
@@ -85,7 +95,14 @@ typedef struct QueueRcpt {
         char *last_reply;
 
         Destination *dest;
-        struct QueueRcpt *dest_prev, *dest_next;
+        struct QueueRcpt *dest_prev, *dest_next;        /* Destination due list */
+
+        /* In Queue.waiting (the retry heap) at wait_idx; wait_seq orders
+         * recipients with the same next_attempt by when they were put
+         * there, so that those of one job stay together. */
+        bool waiting;
+        size_t wait_idx;
+        uint64_t wait_seq;
 
         /* Set while a bounce round collects this recipient for the DSN. */
         bool dsn_pending;
@@ -109,8 +126,9 @@ struct Message {
 struct Destination {
         Queue *queue;
         char *domain;
-        QueueRcpt *pending_head, *pending_tail;
-        size_t n_pending;
+        QueueRcpt *due_head, *due_tail; /* due now, in the order they became due */
+        size_t n_due;
+        size_t n_waiting;               /* in the retry heap */
         unsigned n_active;              /* jobs out with workers */
 
         bool resolving;
@@ -118,6 +136,10 @@ struct Destination {
         Config *query_config;           /* the config the lookup runs under */
 
         Destination *prev, *next;       /* Queue.destinations */
+        Destination *ready_prev, *ready_next;   /* Queue.ready: n_due > 0 */
+        bool ready;
+        Destination *idle_next;         /* Queue.idle: to be freed if still idle */
+        bool idle;
 };
 
 /* A DSN on its way through the spool's group commit. */
@@ -151,8 +173,20 @@ struct Queue {
         Message *messages_head, *messages_tail;
         size_t n_messages;
         Destination *destinations;
+        Destination *ready_head, *ready_tail;
+        size_t n_ready;
+        Destination *idle;
         size_t n_active;
         BounceCommit *bounces;
+
+        /* Recipients waiting for a retry time: a binary min-heap by
+         * (next_attempt, wait_seq). Its room is reserved for every
+         * recipient not yet final (n_live), so that a deferral, which
+         * cannot fail, never needs to allocate. */
+        QueueRcpt **waiting;
+        size_t n_waiting, n_waiting_alloc;
+        size_t n_live;
+        uint64_t wait_seq;
 
         bool stopped;
 };
@@ -286,12 +320,12 @@ static void destination_free(Destination *d) {
         if (!d)
                 return;
         q = d->queue;
+        /* Only idle destinations are freed (the pass, or queue_free() after
+         * every message): nothing listed, nothing on the ready list. */
+        assert(d->n_due == 0 && d->n_waiting == 0 && !d->ready);
         if (d->query)
                 resolver_query_cancel(d->query);
         config_unref(d->query_config);
-        /* Recipients still listed belong to messages freed elsewhere. */
-        for (QueueRcpt *r = d->pending_head; r; r = r->dest_next)
-                r->dest = NULL;
         if (d->prev)
                 d->prev->next = d->next;
         else
@@ -302,29 +336,214 @@ static void destination_free(Destination *d) {
         free(d);
 }
 
-static void destination_unlink_rcpt(Destination *d, QueueRcpt *r) {
+static bool destination_is_idle(const Destination *d) {
+        return d->n_due == 0 && d->n_waiting == 0 && d->n_active == 0 && !d->resolving;
+}
+
+/* Remembers d for the next pass to free if it is still idle then; freeing
+ * it here could pull it from under a caller that holds it. */
+static void destination_check_idle(Destination *d) {
+        Queue *q = d->queue;
+
+        if (d->idle || !destination_is_idle(d))
+                return;
+        d->idle = true;
+        d->idle_next = q->idle;
+        q->idle = d;
+}
+
+static void queue_reap_idle(Queue *q) {
+        while (q->idle) {
+                Destination *d = q->idle;
+
+                q->idle = d->idle_next;
+                d->idle_next = NULL;
+                d->idle = false;
+                if (destination_is_idle(d))
+                        destination_free(d);
+        }
+}
+
+static void destination_due_append(Destination *d, QueueRcpt *r) {
+        Queue *q = d->queue;
+
+        r->dest_next = NULL;
+        r->dest_prev = d->due_tail;
+        if (d->due_tail)
+                d->due_tail->dest_next = r;
+        else
+                d->due_head = r;
+        d->due_tail = r;
+        d->n_due++;
+
+        if (!d->ready) {
+                d->ready = true;
+                d->ready_next = NULL;
+                d->ready_prev = q->ready_tail;
+                if (q->ready_tail)
+                        q->ready_tail->ready_next = d;
+                else
+                        q->ready_head = d;
+                q->ready_tail = d;
+                q->n_ready++;
+        }
+}
+
+static void destination_due_unlink(Destination *d, QueueRcpt *r) {
+        Queue *q = d->queue;
+
         if (r->dest_prev)
                 r->dest_prev->dest_next = r->dest_next;
         else
-                d->pending_head = r->dest_next;
+                d->due_head = r->dest_next;
         if (r->dest_next)
                 r->dest_next->dest_prev = r->dest_prev;
         else
-                d->pending_tail = r->dest_prev;
+                d->due_tail = r->dest_prev;
         r->dest_prev = r->dest_next = NULL;
-        assert(d->n_pending > 0);
-        d->n_pending--;
+        assert(d->n_due > 0);
+        d->n_due--;
+
+        if (d->n_due == 0 && d->ready) {
+                if (d->ready_prev)
+                        d->ready_prev->ready_next = d->ready_next;
+                else
+                        q->ready_head = d->ready_next;
+                if (d->ready_next)
+                        d->ready_next->ready_prev = d->ready_prev;
+                else
+                        q->ready_tail = d->ready_prev;
+                d->ready_prev = d->ready_next = NULL;
+                d->ready = false;
+                assert(q->n_ready > 0);
+                q->n_ready--;
+        }
 }
 
-static void destination_append_rcpt(Destination *d, QueueRcpt *r) {
-        r->dest_next = NULL;
-        r->dest_prev = d->pending_tail;
-        if (d->pending_tail)
-                d->pending_tail->dest_next = r;
+/* ---- the retry heap ---- */
+
+static bool rcpt_waits_less(const QueueRcpt *a, const QueueRcpt *b) {
+        if (a->next_attempt != b->next_attempt)
+                return a->next_attempt < b->next_attempt;
+        return a->wait_seq < b->wait_seq;
+}
+
+static void waiting_put(Queue *q, size_t i, QueueRcpt *r) {
+        q->waiting[i] = r;
+        r->wait_idx = i;
+}
+
+static void waiting_sift_up(Queue *q, size_t i) {
+        QueueRcpt *r = q->waiting[i];
+
+        while (i > 0) {
+                size_t parent = (i - 1) / 2;
+
+                if (!rcpt_waits_less(r, q->waiting[parent]))
+                        break;
+                waiting_put(q, i, q->waiting[parent]);
+                i = parent;
+        }
+        waiting_put(q, i, r);
+}
+
+static void waiting_sift_down(Queue *q, size_t i) {
+        QueueRcpt *r = q->waiting[i];
+
+        for (;;) {
+                size_t c = 2 * i + 1;
+
+                if (c >= q->n_waiting)
+                        break;
+                if (c + 1 < q->n_waiting && rcpt_waits_less(q->waiting[c + 1], q->waiting[c]))
+                        c++;
+                if (!rcpt_waits_less(q->waiting[c], r))
+                        break;
+                waiting_put(q, i, q->waiting[c]);
+                i = c;
+        }
+        waiting_put(q, i, r);
+}
+
+/* Room for every recipient not yet final plus n more. */
+static int waiting_reserve(Queue *q, size_t n) {
+        size_t want = q->n_live + n, alloc;
+        QueueRcpt **w;
+
+        if (want <= q->n_waiting_alloc)
+                return 0;
+        alloc = MAX(want, 2 * q->n_waiting_alloc);
+        alloc = MAX(alloc, (size_t) 64);
+        w = reallocarray(q->waiting, alloc, sizeof *w);
+        if (!w)
+                return -ENOMEM;
+        q->waiting = w;
+        q->n_waiting_alloc = alloc;
+        return 0;
+}
+
+static void waiting_push(Queue *q, QueueRcpt *r) {
+        /* Reserved by waiting_reserve() when r was created. */
+        assert(q->n_waiting < q->n_waiting_alloc);
+        r->waiting = true;
+        r->wait_seq = q->wait_seq++;
+        waiting_put(q, q->n_waiting++, r);
+        waiting_sift_up(q, r->wait_idx);
+        r->dest->n_waiting++;
+}
+
+static void waiting_remove(Queue *q, QueueRcpt *r) {
+        size_t i = r->wait_idx;
+        QueueRcpt *last;
+
+        assert(r->waiting && i < q->n_waiting && q->waiting[i] == r);
+        last = q->waiting[--q->n_waiting];
+        r->waiting = false;
+        assert(r->dest->n_waiting > 0);
+        r->dest->n_waiting--;
+        if (last == r)
+                return;
+        waiting_put(q, i, last);
+        waiting_sift_up(q, i);
+        waiting_sift_down(q, last->wait_idx);
+}
+
+/* Lists a PENDING recipient: due now, or in the heap until next_attempt. */
+static void rcpt_park(Queue *q, QueueRcpt *r, uint64_t now) {
+        assert(r->state == QUEUE_RCPT_PENDING && r->dest);
+        if (r->next_attempt > now)
+                waiting_push(q, r);
         else
-                d->pending_head = r;
-        d->pending_tail = r;
-        d->n_pending++;
+                destination_due_append(r->dest, r);
+}
+
+/* Takes a PENDING recipient off whichever list holds it. */
+static void rcpt_unpark(Queue *q, QueueRcpt *r) {
+        Destination *d = r->dest;
+
+        assert(r->state == QUEUE_RCPT_PENDING && d);
+        if (r->waiting)
+                waiting_remove(q, r);
+        else
+                destination_due_unlink(d, r);
+        destination_check_idle(d);
+}
+
+/* Moves every recipient whose retry time came (all of them with
+ * USEC_INFINITY) to its due list, earliest first. Returns how many had a
+ * retry time after now. */
+static size_t queue_promote(Queue *q, uint64_t now, uint64_t until) {
+        size_t n_future = 0;
+
+        while (q->n_waiting > 0 && q->waiting[0]->next_attempt <= until) {
+                QueueRcpt *r = q->waiting[0];
+
+                if (r->next_attempt > now)
+                        n_future++;
+                waiting_remove(q, r);
+                destination_due_append(r->dest, r);
+        }
+        return n_future;
 }
 
 /* ---- messages ---- */
@@ -345,7 +564,11 @@ static void message_free(Message *m) {
                 QueueRcpt *r = &m->rcpts[i];
 
                 if (r->state == QUEUE_RCPT_PENDING && r->dest)
-                        destination_unlink_rcpt(r->dest, r);
+                        rcpt_unpark(q, r);
+                if (r->state == QUEUE_RCPT_PENDING || r->state == QUEUE_RCPT_ACTIVE) {
+                        assert(q->n_live > 0);
+                        q->n_live--;
+                }
                 free(r->last_reply);
                 rcpt_clear_dsn(r);
         }
@@ -368,8 +591,13 @@ static void message_free(Message *m) {
  * NULL (all pending). */
 static int message_new(Queue *q, Envelope *env, uint64_t data_size, const uint8_t *rcpt_state,
                        uint64_t due, Message **ret) {
+        uint64_t now = queue_now(q);
         Message *m;
+        int k;
 
+        k = waiting_reserve(q, env->n_rcpts);
+        if (k < 0)
+                return k;
         m = calloc(1, sizeof *m);
         if (!m)
                 return -ENOMEM;
@@ -396,7 +624,6 @@ static int message_new(Queue *q, Envelope *env, uint64_t data_size, const uint8_
         for (size_t i = 0; i < m->env.n_rcpts; i++) {
                 QueueRcpt *r = &m->rcpts[i];
                 const char *domain;
-                int k;
 
                 r->message = m;
                 r->rid = (uint32_t) i;
@@ -418,13 +645,16 @@ static int message_new(Queue *q, Envelope *env, uint64_t data_size, const uint8_
                         domain = QUEUE_LOCAL_DOMAIN;
                 k = destination_get(q, domain, &r->dest);
                 if (k < 0) {
-                        /* Not yet PENDING-listed: make message_free() skip it. */
-                        r->state = QUEUE_RCPT_DELIVERED;
+                        /* Not yet listed: make message_free() skip this one
+                         * and the ones after it. */
+                        for (size_t j = i; j < m->env.n_rcpts; j++)
+                                m->rcpts[j].state = QUEUE_RCPT_DELIVERED;
                         message_free(m);
                         return k;
                 }
                 r->state = QUEUE_RCPT_PENDING;
-                destination_append_rcpt(r->dest, r);
+                q->n_live++;
+                rcpt_park(q, r, now);
         }
 
         *ret = m;
@@ -488,10 +718,12 @@ static void queue_bounce_rcpt(Queue *q, Message **touched, uint64_t dcid, QueueR
         int k;
 
         if (r->state == QUEUE_RCPT_PENDING && r->dest)
-                destination_unlink_rcpt(r->dest, r);
+                rcpt_unpark(q, r);
         r->dest = NULL;
         r->state = QUEUE_RCPT_BOUNCED;
         m->n_final++;
+        assert(q->n_live > 0);
+        q->n_live--;
 
         k = spool_record(q->spool, m->env.mid, r->rid, SPOOL_RCPT_BOUNCED);
         if (k < 0)
@@ -539,7 +771,7 @@ static bool queue_defer_rcpt(Queue *q, Message **touched, uint64_t dcid, QueueRc
         if (r->state != QUEUE_RCPT_PENDING) {
                 r->state = QUEUE_RCPT_PENDING;
                 if (r->dest)
-                        destination_append_rcpt(r->dest, r);
+                        rcpt_park(q, r, now);
         }
         return false;
 }
@@ -775,21 +1007,6 @@ static void queue_finish_round(Queue *q, Message *touched, uint64_t now) {
         }
 }
 
-/* Due recipients of d, at the time now. */
-static size_t destination_n_due(Destination *d, uint64_t now, uint64_t *ret_next) {
-        uint64_t next = USEC_INFINITY;
-        size_t n = 0;
-
-        for (QueueRcpt *r = d->pending_head; r; r = r->dest_next) {
-                if (r->next_attempt <= now)
-                        n++;
-                else if (r->next_attempt < next)
-                        next = r->next_attempt;
-        }
-        *ret_next = next;
-        return n;
-}
-
 /* A route lookup that failed: -ENXIO bounces every due recipient with
  * 5.1.2 (RFC 3463: bad destination system address), anything else defers
  * them. */
@@ -806,17 +1023,17 @@ static void destination_route_failed(Queue *q, Destination *d, int error, const 
         } else if (asprintf(&reply, "451 4.4.3 %s", errtext ?: "Route lookup failed") < 0)
                 reply = NULL;
 
-        for (r = d->pending_head; r; r = next) {
+        /* Only r leaves the due list in each step (to the heap, or final),
+         * so next stays valid. */
+        for (r = d->due_head; r; r = next) {
                 next = r->dest_next;
-                if (r->next_attempt > now)
-                        continue;
                 rid = r->rid;
                 if (error == -ENXIO)
                         queue_bounce_rcpt(q, &touched, 0, r, "5.1.2", reply, reply);
                 else {
                         Message *m = r->message;
 
-                        destination_unlink_rcpt(d, r);
+                        rcpt_unpark(q, r);
                         r->state = QUEUE_RCPT_ACTIVE;   /* re-listed by the defer */
                         if (!queue_defer_rcpt(q, &touched, 0, r, reply, now))
                                 log_delivery_delayed(0, m->env.mid, &rid, 1, r->last_reply);
@@ -864,15 +1081,18 @@ static int destination_start_job(Queue *q, Destination *d, RouteResult *res) {
                 goto finish;
         }
 
-        /* Walk the due recipients in list order (arrival order, then
-         * retries) and pack them per message; a message with more than
+        /* Take the due recipients from the head of the list (the order they
+         * became due) and pack them per message; a message with more than
          * max_rcpts recipients becomes several transactions (RFC 5321
-         * 4.5.3.1.8 lets a server limit recipients per transaction). */
-        for (QueueRcpt *r = d->pending_head; r; r = r->dest_next) {
+         * 4.5.3.1.8 lets a server limit recipients per transaction). The
+         * recipients of one message for one destination become due
+         * together (one arrival, or one deferral and so one retry time),
+         * so they sit next to each other: stopping at the first one that
+         * would need one transaction too many keeps them together and
+         * looks at no more than one job's worth of the list. */
+        for (QueueRcpt *r = d->due_head; r; r = r->dest_next) {
                 JobGroup *g = NULL;
 
-                if (r->next_attempt > now)
-                        continue;
                 for (size_t i = 0; i < n_groups; i++)
                         if (groups[i].message == r->message && groups[i].n < max_rcpts) {
                                 g = &groups[i];
@@ -880,7 +1100,7 @@ static int destination_start_job(Queue *q, Destination *d, RouteResult *res) {
                         }
                 if (!g) {
                         if (n_groups >= max_msgs)
-                                continue;
+                                break;
                         g = &groups[n_groups];
                         g->rcpts = calloc(max_rcpts, sizeof *g->rcpts);
                         if (!g->rcpts) {
@@ -940,7 +1160,7 @@ static int destination_start_job(Queue *q, Destination *d, RouteResult *res) {
                         for (size_t j = 0; j < g->n; j++) {
                                 uint32_t rid = g->rcpts[j]->rid;
 
-                                destination_unlink_rcpt(d, g->rcpts[j]);
+                                rcpt_unpark(q, g->rcpts[j]);
                                 g->rcpts[j]->state = QUEUE_RCPT_ACTIVE;
                                 if (!queue_defer_rcpt(q, &touched, 0, g->rcpts[j],
                                                       "451 4.3.0 Local error reading the spool", now))
@@ -983,7 +1203,7 @@ static int destination_start_job(Queue *q, Destination *d, RouteResult *res) {
                 for (size_t j = 0; j < groups[i].n; j++) {
                         QueueRcpt *r = groups[i].rcpts[j];
 
-                        destination_unlink_rcpt(d, r);
+                        rcpt_unpark(q, r);
                         r->state = QUEUE_RCPT_ACTIVE;
                 }
         }
@@ -1026,6 +1246,7 @@ static void destination_route_done(int error, const char *errtext, RouteResult *
         /* The struct is the caller's; what is left in it is ours. */
         if (result)
                 route_result_done(result);
+        destination_check_idle(d);
         queue_kick(q);
 }
 
@@ -1040,6 +1261,7 @@ static void destination_start_route(Queue *q, Destination *d) {
                 d->resolving = false;
                 d->query_config = config_unref(d->query_config);
                 destination_route_failed(q, d, k, k == -ENXIO ? NULL : "Route lookup failed");
+                destination_check_idle(d);
                 return;
         }
         /* The callback may already have run (static routes need no DNS). */
@@ -1047,30 +1269,64 @@ static void destination_start_route(Queue *q, Destination *d) {
                 d->query = query;
 }
 
+/* Moves d, which is on the ready list, to its end: destinations that
+ * just got their turn come after those still waiting for one when the
+ * global connection limit leaves room for only some. */
+static void queue_ready_rotate(Queue *q, Destination *d) {
+        assert(d->ready);
+        if (q->ready_tail == d)
+                return;
+        if (d->ready_prev)
+                d->ready_prev->ready_next = d->ready_next;
+        else
+                q->ready_head = d->ready_next;
+        d->ready_next->ready_prev = d->ready_prev;
+        d->ready_prev = q->ready_tail;
+        d->ready_next = NULL;
+        q->ready_tail->ready_next = d;
+        q->ready_tail = d;
+}
+
 static int queue_on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Queue *q = userdata;
         uint64_t now, next = USEC_INFINITY;
         int enabled = SD_EVENT_OFF;
         Destination *d, *dnext;
+        size_t budget;
 
         if (q->stopped || !q->config)
                 return 0;
 
         now = queue_now(q);
-        for (d = q->destinations; d; d = dnext) {
-                uint64_t dnext_time;
-                size_t due;
+        (void) queue_promote(q, now, now);
 
-                dnext = d->next;
-                if (d->n_pending == 0 && d->n_active == 0 && !d->resolving) {
-                        destination_free(d);
+        /* Only destinations with due recipients. A lookup or job started
+         * here may change the list (a static route answers at once and
+         * starts the job, which can empty d's due list): d's successor is
+         * taken first, no destination is freed before the end of the pass,
+         * and the budget of one visit per destination ready at the start
+         * bounds the walk whatever the list does meanwhile. */
+        budget = q->n_ready;
+        for (d = q->ready_head; d && budget > 0; d = dnext, budget--) {
+                uint32_t qmax = q->config->queue.max_connections;
+
+                dnext = d->ready_next;
+                if (qmax > 0 && q->n_active >= qmax)
+                        break;
+                /* Left the list meanwhile (its ready_next is NULL now):
+                 * the kick that came with that change brings another pass. */
+                if (!d->ready)
+                        break;
+                if (d->resolving || !destination_has_slot(q, d))
                         continue;
-                }
-                due = destination_n_due(d, now, &dnext_time);
-                next = MIN(next, dnext_time);
-                if (due > 0 && !d->resolving && destination_has_slot(q, d))
-                        destination_start_route(q, d);
+                destination_start_route(q, d);
+                if (d->ready)
+                        queue_ready_rotate(q, d);
         }
+        queue_reap_idle(q);
+
+        if (q->n_waiting > 0)
+                next = q->waiting[0]->next_attempt;
         /* A pass may itself make things due (a synchronous route result
          * re-kicks the timer); only arm for the future if nothing did. */
         (void) sd_event_source_get_enabled(q->timer, &enabled);
@@ -1135,8 +1391,17 @@ Queue *queue_free(Queue *q) {
         }
         while (q->messages_head)
                 message_free(q->messages_head);
+        /* Every destination goes below, idle or not. */
+        while (q->idle) {
+                Destination *d = q->idle;
+
+                q->idle = d->idle_next;
+                d->idle_next = NULL;
+                d->idle = false;
+        }
         while (q->destinations)
                 destination_free(q->destinations);
+        free(q->waiting);
         sd_event_source_disable_unref(q->timer);
         config_unref(q->config);
         sd_event_unref(q->event);
@@ -1272,6 +1537,8 @@ static void queue_message_done(Queue *q, Message **touched, uint64_t dcid, Deliv
                         r->state = QUEUE_RCPT_DELIVERED;
                         r->dest = NULL;
                         m->n_final++;
+                        assert(q->n_live > 0);
+                        q->n_live--;
                         /* The last recipient needs no record: the message
                          * leaves the spool at the end of this round, which
                          * says the same with one file operation instead of
@@ -1319,10 +1586,12 @@ void queue_job_done(Queue *q, DeliveryJob *job) {
         JobContext *ctx = job->userdata;
         Message *touched = NULL;
         uint64_t now = queue_now(q);
+        Destination *d;
 
         assert(ctx && ctx->queue == q);
-        assert(ctx->dest->n_active > 0 && q->n_active > 0);
-        ctx->dest->n_active--;
+        d = ctx->dest;
+        assert(d->n_active > 0 && q->n_active > 0);
+        d->n_active--;
         q->n_active--;
 
         /* How the bodies went out, for the mail log. */
@@ -1337,14 +1606,26 @@ void queue_job_done(Queue *q, DeliveryJob *job) {
         job_context_free(ctx);
         job->userdata = NULL;
         delivery_job_free(job);
+        destination_check_idle(d);
         queue_kick(q);
 }
 
-void queue_flush(Queue *q) {
-        for (Destination *d = q->destinations; d; d = d->next)
-                for (QueueRcpt *r = d->pending_head; r; r = r->dest_next)
+/* Makes every pending recipient due now; returns how many were waiting for
+ * a retry time after now. Those move to the due lists in the order of
+ * their retry times. */
+static size_t queue_flush_all(Queue *q) {
+        size_t n;
+
+        n = queue_promote(q, queue_now(q), USEC_INFINITY);
+        for (Destination *d = q->ready_head; d; d = d->ready_next)
+                for (QueueRcpt *r = d->due_head; r; r = r->dest_next)
                         r->next_attempt = 0;
         queue_kick(q);
+        return n;
+}
+
+void queue_flush(Queue *q) {
+        (void) queue_flush_all(q);
 }
 
 void queue_stop(Queue *q) {
@@ -1494,16 +1775,7 @@ int queue_delete(Queue *q, uint64_t mid) {
 }
 
 size_t queue_flush_count(Queue *q) {
-        uint64_t now;
-        size_t n = 0;
-
         if (!q)
                 return 0;
-        now = queue_now(q);
-        for (Destination *d = q->destinations; d; d = d->next)
-                for (QueueRcpt *r = d->pending_head; r; r = r->dest_next)
-                        if (r->next_attempt > now)
-                                n++;
-        queue_flush(q);
-        return n;
+        return queue_flush_all(q);
 }

@@ -124,7 +124,7 @@ static Attempts *attempts_get(const char *address) {
 
 static void reset_seen(void) {
         for (size_t i = 0; i < n_seen; i++)
-                for (size_t j = 0; j < seen[i].n_messages; j++)
+                for (size_t j = 0; j < seen[i].n_messages && j < SEEN_MSGS_MAX; j++)
                         free(seen[i].messages[j].data);
         memset(seen, 0, sizeof seen);
         n_seen = 0;
@@ -742,6 +742,174 @@ static void test_flush(void) {
         config->queue.retry_max = TEST_RETRY_MAX;
 }
 
+/* Delivery order: with one connection of at most 3 transactions, b.test
+ * takes its due recipients in the order their messages arrived. */
+static void test_due_order(void) {
+        const char *one[] = { "ok-order@b.test", NULL };
+        uint64_t mids[7], prev = 0;
+        size_t n_txn = 0;
+        bool all_ok = true, ascending = true;
+
+        reset_seen();
+        for (unsigned i = 0; i < 7; i++) {
+                mids[i] = spool_message("sender@s.test", one, 0);
+                all_ok = all_ok && mids[i] > 0;
+        }
+        ok(all_ok, "order: 7 messages spooled for b.test");
+        ok(run_until(queue_idle, 2 * WAIT_DEFAULT_USEC), "order: all delivered");
+        for (size_t i = 0; i < n_seen; i++)
+                for (size_t k = 0; k < seen[i].n_messages && k < SEEN_MSGS_MAX; k++) {
+                        if (!streq(seen[i].domain, "b.test"))
+                                continue;
+                        if (seen[i].messages[k].mid <= prev)
+                                ascending = false;
+                        prev = seen[i].messages[k].mid;
+                        n_txn++;
+                }
+        is_int(n_txn, 7, "order: one transaction per message");
+        ok(ascending, "order: transactions go out in arrival (MID) order across jobs");
+        is_int(max_active_b, 1, "order: still one connection at a time");
+}
+
+/* Counts recipients waiting for a retry time after now. */
+static int count_waiting(const QueueMessageInfo *info, void *userdata) {
+        size_t *n = userdata;
+        uint64_t now = now_real();
+
+        for (size_t i = 0; i < info->n_rcpts; i++)
+                if (streq(info->rcpts[i].state, "pending") && info->rcpts[i].next_attempt > now)
+                        (*n)++;
+        return 0;
+}
+
+static size_t n_waiting(void) {
+        size_t n = 0;
+
+        if (queue_foreach(queue, count_waiting, &n) < 0)
+                return SIZE_MAX;
+        return n;
+}
+
+static bool backlog_deferred(void) {
+        return no_active() && n_waiting() == 1000;
+}
+
+static uint64_t fresh_mid;
+
+static const SeenJob *find_job_with(uint64_t mid) {
+        for (size_t i = 0; i < n_seen; i++)
+                for (size_t k = 0; k < seen[i].n_messages && k < SEEN_MSGS_MAX; k++)
+                        if (seen[i].messages[k].mid == mid)
+                                return &seen[i];
+        return NULL;
+}
+
+static bool fresh_dispatched(void) {
+        return find_job_with(fresh_mid) != NULL;
+}
+
+/* A backlog of 1,000 recipients waiting for a far retry does not hold up
+ * a new message for the same destination, deleting some of the backlog
+ * takes them out of the retry schedule, and a flush makes the rest due. */
+static void test_backlog(void) {
+        enum { BACKLOG_MSGS = 20, BACKLOG_RCPTS = 50 };
+        static char addr[BACKLOG_MSGS][BACKLOG_RCPTS][ADDR_MAX];
+        const char *list[BACKLOG_RCPTS + 1];
+        const char *fresh[] = { "ok-fresh@c.test", NULL };
+        uint64_t mids[BACKLOG_MSGS], t0, dt;
+        const SeenJob *j;
+        size_t jobs;
+        bool all_ok = true;
+
+        reset_seen();
+        hold_ok = false;
+        config->queue.retry_min = 30 * USEC_PER_SEC;
+        config->queue.retry_max = 30 * USEC_PER_SEC;
+        for (unsigned m = 0; m < BACKLOG_MSGS; m++) {
+                for (unsigned r = 0; r < BACKLOG_RCPTS; r++) {
+                        snprintf(addr[m][r], ADDR_MAX, "hold-%u-%u@c.test", m, r);
+                        list[r] = addr[m][r];
+                }
+                list[BACKLOG_RCPTS] = NULL;
+                mids[m] = spool_message("sender@s.test", list, 0);
+                all_ok = all_ok && mids[m] > 0;
+        }
+        ok(all_ok, "backlog: 20 messages of 50 recipients spooled");
+        ok(run_until(backlog_deferred, 2 * WAIT_DEFAULT_USEC), "backlog: all 1000 recipients tried and deferred");
+        is_int(queue_n_messages(queue), BACKLOG_MSGS, "backlog: all 20 messages still queued");
+
+        t0 = now_mono();
+        fresh_mid = spool_message("sender@s.test", fresh, 0);
+        ok(fresh_mid > 0 && run_until(fresh_dispatched, WAIT_DEFAULT_USEC), "backlog: new message dispatched");
+        dt = now_mono() - t0;
+        ok(dt < 500 * USEC_PER_MSEC, "backlog: new message dispatched at once (%" PRIu64 " ms)",
+           dt / USEC_PER_MSEC);
+        j = find_job_with(fresh_mid);
+        ok(j && streq(j->domain, "c.test") && j->n_messages == 1 && j->messages[0].n_rcpts == 1,
+           "backlog: that job carries only the new message");
+        ok(run_until(no_active, WAIT_DEFAULT_USEC), "backlog: new message delivered");
+        is_int(queue_n_messages(queue), BACKLOG_MSGS, "backlog: the backlog is still queued");
+
+        /* Deleting takes recipients out of the middle of the schedule. */
+        all_ok = true;
+        for (unsigned m = 0; m < BACKLOG_MSGS; m += 2)
+                all_ok = all_ok && queue_delete(queue, mids[m]) == 0;
+        ok(all_ok, "backlog: every other message deleted");
+        is_int(n_waiting(), 500, "backlog: 500 recipients still wait");
+        jobs = n_seen;
+        run_for(100 * USEC_PER_MSEC);
+        is_int(n_seen, jobs, "backlog: nothing retried before its time");
+
+        hold_ok = true;
+        is_int(queue_flush_count(queue), 500, "backlog: flush makes the 500 waiting recipients due");
+        ok(run_until(queue_idle, 2 * WAIT_DEFAULT_USEC), "backlog: flushed backlog delivered");
+        is_int(spool_files(), 0, "backlog: spool empty afterwards");
+        hold_ok = false;
+        config->queue.retry_min = TEST_RETRY_MIN;
+        config->queue.retry_max = TEST_RETRY_MAX;
+}
+
+static bool slow_deferred(void) {
+        return attempts_get("hold-w@c.test")->n >= 1 && no_active();
+}
+
+static bool retry_done_wait_pending(void) {
+        return queue_n_messages(queue) == 1 && no_active() && attempts_get("once-r@c.test")->n >= 2;
+}
+
+/* A retry whose time comes is taken while another recipient of the same
+ * destination keeps waiting for a later one. */
+static void test_retry_while_waiting(void) {
+        const char *slow[] = { "hold-w@c.test", NULL };
+        const char *quick[] = { "once-r@c.test", NULL };
+        const Attempts *a;
+
+        reset_seen();
+        hold_ok = false;
+        config->queue.retry_min = 30 * USEC_PER_SEC;
+        config->queue.retry_max = 30 * USEC_PER_SEC;
+        ok(spool_message("sender@s.test", slow, 0) > 0, "retry-wait: slow message spooled");
+        ok(run_until(slow_deferred, WAIT_DEFAULT_USEC) && attempts_get("hold-w@c.test")->n == 1,
+           "retry-wait: slow recipient deferred for 30 s");
+
+        config->queue.retry_min = TEST_RETRY_MIN;
+        config->queue.retry_max = TEST_RETRY_MAX;
+        ok(spool_message("sender@s.test", quick, 0) > 0, "retry-wait: quick message spooled");
+        ok(run_until(retry_done_wait_pending, WAIT_DEFAULT_USEC),
+           "retry-wait: quick recipient retried and delivered");
+        a = attempts_get("once-r@c.test");
+        ok(a->n == 2 && a->when[1] - a->when[0] >= TEST_RETRY_MIN - 5 * USEC_PER_MSEC &&
+           a->when[1] - a->when[0] < 2 * TEST_RETRY_MIN,
+           "retry-wait: retried after retry_min (%" PRIu64 " ms)", (a->when[1] - a->when[0]) / USEC_PER_MSEC);
+        is_int(attempts_get("hold-w@c.test")->n, 1, "retry-wait: the slow recipient was not tried again");
+
+        hold_ok = true;
+        is_int(queue_flush_count(queue), 1, "retry-wait: the slow recipient still waited");
+        ok(run_until(queue_idle, WAIT_DEFAULT_USEC), "retry-wait: delivered after the flush");
+        is_int(attempts_get("hold-w@c.test")->n, 2, "retry-wait: exactly one more attempt");
+        hold_ok = false;
+}
+
 /* ---- administration ---- */
 
 #define ADMIN_SEEN_MAX 8
@@ -905,6 +1073,9 @@ int main(void) {
         test_bounce();
         test_expiry();
         test_flush();
+        test_due_order();
+        test_backlog();
+        test_retry_while_waiting();
         test_admin();
         test_recover();
 
