@@ -67,8 +67,9 @@ struct SmtpServer {
         int fd;
         sd_event_source *io;
         sd_event_source *timer;
-        sd_event_source *kick;  /* reads records OpenSSL already holds */
+        sd_event_source *kick;  /* reads input no new event will announce */
         uint32_t io_events;
+        bool readable;          /* the socket may hold input not read yet */
         Buf in, out;
         SmtpLineReader reader;
         SessionState state;
@@ -230,8 +231,12 @@ static ssize_t session_read(SmtpServer *s) {
         ssize_t n;
         int r;
 
-        if (!s->tls)
-                return buf_read_fd(&s->in, s->fd, SESSION_READ_CHUNK);
+        if (!s->tls) {
+                n = buf_read_fd(&s->in, s->fd, SESSION_READ_CHUNK);
+                if (n == -EAGAIN)
+                        s->readable = false;
+                return n;
+        }
 
         if (buf_len(&s->in) >= s->in.max)
                 return -ENOBUFS;
@@ -242,7 +247,10 @@ static ssize_t session_read(SmtpServer *s) {
         if (n > 0) {
                 buf_commit(&s->in, (size_t) n);
                 s->tls_events = 0;
-        }
+        } else if (n == -EAGAIN)
+                /* The socket ran dry, or OpenSSL waits to write: either
+                 * way an event brings us back. */
+                s->readable = false;
         return n;
 }
 
@@ -311,12 +319,20 @@ static void session_update_io(SmtpServer *s) {
                 ev |= EPOLLIN;
         if (ev != s->io_events) {
                 s->io_events = ev;
-                (void) sd_event_source_set_io_events(s->io, ev);
+                /* Edge-triggered: with level-triggered sockets every loop
+                 * iteration's epoll_wait() would report again each session
+                 * whose input waits for its turn, so the cost per event
+                 * would grow with the number of busy sessions. */
+                (void) sd_event_source_set_io_events(s->io, ev | EPOLLET);
                 (void) sd_event_source_set_enabled(s->io, ev ? SD_EVENT_ON : SD_EVENT_OFF);
         }
-        /* Decrypted bytes inside OpenSSL do not make the socket readable. */
-        if (s->kick && (ev & EPOLLIN) && s->tls && s->state != SESSION_HANDSHAKE &&
-            tls_session_pending(s->tls) > 0)
+        if (!s->kick || !(ev & EPOLLIN))
+                return;
+        /* Input announced by an earlier edge and not read to EAGAIN yet
+         * (one read per turn, or none in a state that does not read) gets
+         * no new event; nor do decrypted bytes inside OpenSSL. */
+        if (s->readable ||
+            (s->tls && s->state != SESSION_HANDSHAKE && tls_session_pending(s->tls) > 0))
                 (void) sd_event_source_set_enabled(s->kick, SD_EVENT_ONESHOT);
 }
 
@@ -794,6 +810,7 @@ static void session_handshake(SmtpServer *s) {
         int peer_cert = -1;
 
         if (r == -EAGAIN) {
+                s->readable = false;
                 session_update_io(s);
                 return;
         }
@@ -916,6 +933,8 @@ static void session_process(SmtpServer *s) {
 static int on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata) {
         SmtpServer *s = userdata;
 
+        if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                s->readable = true;
         if (s->state == SESSION_HANDSHAKE) {
                 session_handshake(s);
                 return 0;
