@@ -2,27 +2,8 @@
 /*
  * The durable spool (see spool.h for the layout and the group commit).
  *
- * Every message starts with a text envelope header followed by the message
- * data:
- *
- *      tlsgw-spool 1
- *      mid 7
- *      icid 5
- *      arrival 1700000000000000
- *      listener inbound
- *      client-ip 192.0.2.1
- *      helo mx.example.org
- *      sender a@example.org
- *      rcpt "john smith"@example.net
- *      size 00000000000000004711
- *      <empty line>
- *      <data>
- *
- * Values are escaped (%XX for '%', control octets and DEL), so no value can
- * hold CR, LF or NUL and every header line is non-empty: the first "\n\n"
- * ends the header. Lines for NULL fields (listener, client-ip, helo) are
- * left out. The size field holds dashes until the message is sealed at
- * commit.
+ * Every message is an envelope header (spool-format.c) followed by its data
+ * in wire form.
  *
  * Where it is stored depends on its size. Most mail is small: a writer keeps
  * header and data in memory, and the commit appends them as one record to
@@ -36,23 +17,25 @@
  * file systems is the dominant cost of a file-per-message spool (inode
  * allocation and the directory lock).
  *
- * A message that outgrows SPOOL_INLINE_MAX while arriving moves to its own
- * file, tmp/<MID>, renamed into msg/<MID> at commit, with outcomes in
- * msg/<MID>.state. A file whose size field is not "file size minus header
- * length" was never sealed and never acknowledged, so recovery deletes it.
+ * A message that outgrows the inline limit (SPOOL_INLINE_MAX_DEFAULT) while
+ * arriving moves to its own file, tmp/<MID>, renamed into msg/<MID> at
+ * commit, with outcomes in msg/<MID>.state. A file whose size field is not
+ * "file size minus header length" was never sealed and never acknowledged,
+ * so recovery deletes it.
+ *
+ * Recovery after a restart is spool-recover.c.
  *
  * This module does not decide what happens to a message (queue.c does),
  * does not interpret the message data and never logs: every function
  * returns a negative errno on failure, 0 or positive on success.
  */
 
-#include <dirent.h>
-#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,62 +44,9 @@
 
 #include <zlib.h>
 
-/* Allocation failures inside the hash table are reported on the entry
- * that could not be added, not fatal. */
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(e) ((e)->oom = true)
-#include <uthash.h>
-
-#include "spool.h"
+#include "spool-internal.h"
 #include "util/macro.h"
 #include "util/parse.h"
-
-/* Version line; bump when the header format changes incompatibly. */
-#define SPOOL_MAGIC "tlsgw-spool 1"
-/* Width of the size field: UINT64_MAX has 20 decimal digits, so the field
- * can be overwritten in place with pwrite() without moving the data. */
-#define SPOOL_SIZE_WIDTH 20
-/* A header is the envelope only. RFC 5321 4.5.3.1.8 requires accepting at
- * least 100 recipients, each path at most 256 octets (4.5.3.1.3), tripled
- * by escaping in the worst case; 4 MiB leaves room for far more recipients
- * than any listener allows and bounds what recovery reads for a damaged
- * file. */
-#define SPOOL_HEADER_MAX (4U * 1024U * 1024U)
-/* IDs are reserved in blocks: one fsynced write of the ids file per block
- * instead of per ID. A crash skips at most this many IDs per kind. */
-#define SPOOL_ID_BLOCK UINT64_C(1000)
-/* "<20 digits>" plus ".state" and NUL. */
-#define SPOOL_NAME_MAX 32
-/* One state record: "<RID> <state>\n". */
-#define SPOOL_RECORD_MAX 64
-/* Read size while looking for the end of a header. */
-#define SPOOL_READ_CHUNK 4096
-
-#define SPOOL_IDS_FILE "ids"
-#define SPOOL_IDS_TMP "ids.tmp"
-#define SPOOL_IDS_MAGIC "tlsgw-ids 1"
-
-/* Messages whose header and data stay below this are held in memory while
- * they arrive and appended to a segment at commit; larger ones get their
- * own file. Most mail is a few tens of KiB; 256 KiB per session receiving
- * DATA bounds the memory this costs. */
-#define SPOOL_INLINE_MAX_DEFAULT (256U * 1024U)
-/* A segment is closed for appends at this size. Larger segments mean fewer
- * files; smaller ones free disk sooner when one old message is deferred
- * for days (a segment lives as long as its last message). */
-#define SPOOL_SEGMENT_MAX_DEFAULT (8U * 1024U * 1024U)
-/* First allocation for an in-memory message body; grows by doubling. */
-#define SPOOL_WRITER_CHUNK (16U * 1024U)
-/* Read size while checking a record on recovery. */
-#define SPOOL_SCAN_CHUNK (64U * 1024U)
-/* Distinct segments one flush syncs one by one; a batch spanning more
- * (only with tiny segment limits) is synced with syncfs(2) instead. */
-#define SPOOL_FLUSH_SEGMENTS_MAX 8
-/* One log line: "<MID> <RID> <state>\n" or "<MID> done\n". */
-#define SPOOL_LOG_LINE_MAX 80
-
-#define SPOOL_RECORD_MAGIC "tlsgwR1\n"
-#define SPOOL_LOG_SUFFIX ".log"
 
 static const char * const id_kind_table[_SPOOL_ID_MAX] = {
         [SPOOL_ID_ICID] = "icid",
@@ -124,451 +54,18 @@ static const char * const id_kind_table[_SPOOL_ID_MAX] = {
         [SPOOL_ID_DCID] = "dcid",
 };
 
-static const char * const rcpt_state_table[_SPOOL_RCPT_STATE_MAX] = {
+const char * const spool_rcpt_state_table[_SPOOL_RCPT_STATE_MAX] = {
         [SPOOL_RCPT_PENDING]   = "pending",
         [SPOOL_RCPT_DELIVERED] = "delivered",
         [SPOOL_RCPT_BOUNCED]   = "bounced",
 };
 
-/* One commit waiting for the flusher, then the closure posted back to the
- * committer's loop. */
-typedef struct SpoolCommit {
-        struct SpoolCommit *next;
-        uint64_t mid;
-        struct Segment *segment;        /* NULL: a message file */
-        Mailbox *reply_to;
-        spool_commit_fn_t done;
-        void *userdata;
-        int error;
-} SpoolCommit;
-
-/* In front of every record of a segment, in native byte order (a spool is
- * read by the machine that wrote it). */
-typedef struct RecordHead {
-        char magic[8];                  /* SPOOL_RECORD_MAGIC */
-        uint64_t mid;
-        uint64_t data_size;
-        uint32_t header_size;           /* envelope header, "\n\n" included */
-        uint32_t crc;                   /* CRC-32 of header and data */
-        uint32_t reserved;              /* zero */
-        uint32_t head_crc;              /* CRC-32 of the fields above */
-} RecordHead;
-
-_Static_assert(sizeof(RecordHead) == 40, "RecordHead has no padding");
-
-typedef struct Segment {
-        uint64_t number;
-        int fd;                         /* read-write; duplicated for delivery */
-        int log_fd;                     /* <N>.log, opened on the first line */
-        uint64_t size;                  /* end of the last complete record */
-        size_t live;                    /* messages not done */
-        bool dir_synced;                /* its name is durable in seg/ (flusher only) */
-        struct Segment *prev, *next;
-} Segment;
-
-/* Where a segment message lives; the index is keyed by MID. */
-typedef struct SegmentEntry {
-        uint64_t mid;
-        Segment *segment;
-        uint64_t data_offset;
-        uint64_t data_size;
-        bool oom;                       /* set when the index could not grow */
-        UT_hash_handle hh;
-} SegmentEntry;
-
-struct Spool {
-        char *dir;
-        int dir_fd;
-        int tmp_fd;
-        int msg_fd;
-        int seg_fd;
-
-        size_t inline_max;
-        size_t segment_max;
-
-        pthread_mutex_t id_lock;
-        uint64_t id_next[_SPOOL_ID_MAX];
-        uint64_t id_limit[_SPOOL_ID_MAX];       /* persisted: IDs < limit may be in use */
-
-        pthread_mutex_t index_lock;             /* protects the fields below up to lock */
-        Segment *segments;
-        Segment *current;                       /* appended to; NULL until the first commit */
-        uint64_t segment_next;
-        SegmentEntry *entries;
-        size_t n_files;                         /* messages in msg/ */
-
-        pthread_mutex_t lock;                   /* protects the fields below */
-        pthread_cond_t cond;
-        SpoolCommit *pending_head, *pending_tail;
-        bool stop;
-        bool thread_started;
-        pthread_t thread;
-};
-
-struct SpoolWriter {
-        Spool *spool;
-        uint64_t mid;
-        uint64_t data_size;
-        size_t header_size;
-        size_t size_offset;                     /* of the size field, in the header */
-        bool broken;                            /* a write failed: commit refuses */
-
-        /* In memory: a RecordHead, the header, the data so far. */
-        uint8_t *mem;
-        size_t mem_len, mem_cap;
-
-        /* Spilled to tmp/<MID> (fd >= 0): header and data. */
-        int fd;
-        char name[SPOOL_NAME_MAX];
-};
-
-static void mid_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]) {
+void spool_mid_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]) {
         (void) snprintf(buf, SPOOL_NAME_MAX, "%" PRIu64, mid);
 }
 
-static void state_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]) {
+void spool_state_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]) {
         (void) snprintf(buf, SPOOL_NAME_MAX, "%" PRIu64 ".state", mid);
-}
-
-/* ---- envelopes ---- */
-
-void envelope_done(Envelope *e) {
-        if (!e)
-                return;
-        free(e->sender);
-        strv_free(e->rcpts);
-        free(e->listener);
-        free(e->client_ip);
-        free(e->helo);
-        *e = (Envelope) {};
-}
-
-static int strdup_or_null(const char *s, char **ret) {
-        char *c = NULL;
-
-        if (s) {
-                c = strdup(s);
-                if (!c)
-                        return -ENOMEM;
-        }
-        *ret = c;
-        return 0;
-}
-
-int envelope_copy(const Envelope *src, Envelope *dst) {
-        _cleanup_(envelope_done) Envelope e = {
-                .mid = src->mid,
-                .icid = src->icid,
-                .arrival_usec = src->arrival_usec,
-        };
-        size_t n = src->rcpts ? src->n_rcpts : 0;
-
-        if (strdup_or_null(src->sender ? src->sender : "", &e.sender) < 0 ||
-            strdup_or_null(src->listener, &e.listener) < 0 ||
-            strdup_or_null(src->client_ip, &e.client_ip) < 0 ||
-            strdup_or_null(src->helo, &e.helo) < 0)
-                return -ENOMEM;
-
-        e.rcpts = calloc(n + 1, sizeof(char *));
-        if (!e.rcpts)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                e.rcpts[i] = strdup(src->rcpts[i]);
-                if (!e.rcpts[i])
-                        return -ENOMEM;
-                e.n_rcpts = i + 1;
-        }
-
-        *dst = e;
-        e = (Envelope) {};
-        return 0;
-}
-
-void spool_message_free(SpoolMessage *m) {
-        if (!m)
-                return;
-        envelope_done(&m->env);
-        free(m->rcpt_state);
-        free(m);
-}
-
-static void spool_message_freep(SpoolMessage **m) {
-        spool_message_free(*m);
-}
-
-/* ---- header encoding ---- */
-
-static bool must_escape(unsigned char c) {
-        return c == '%' || c < 0x20 || c == 0x7f;
-}
-
-static void put_escaped(FILE *f, const char *key, const char *value) {
-        static const char hex[] = "0123456789ABCDEF";
-
-        fputs(key, f);
-        fputc(' ', f);
-        for (const unsigned char *p = (const unsigned char *) value; *p; p++) {
-                if (must_escape(*p)) {
-                        fputc('%', f);
-                        fputc(hex[*p >> 4], f);
-                        fputc(hex[*p & 15], f);
-                } else
-                        fputc(*p, f);
-        }
-        fputc('\n', f);
-}
-
-static int unhex(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        return -1;
-}
-
-/* Decodes value[0..len) into a new string; refuses malformed escapes and
- * an escaped NUL, which put_escaped() never writes. */
-static int unescape(const char *value, size_t len, char **ret) {
-        _cleanup_free_ char *s = malloc(len + 1);
-        size_t j = 0;
-
-        if (!s)
-                return -ENOMEM;
-        for (size_t i = 0; i < len; i++) {
-                unsigned char c = (unsigned char) value[i];
-
-                if (c == '%') {
-                        int hi, lo;
-
-                        if (len - i < 3)
-                                return -EBADMSG;
-                        hi = unhex(value[i + 1]);
-                        lo = unhex(value[i + 2]);
-                        if (hi < 0 || lo < 0 || (hi | lo) == 0)
-                                return -EBADMSG;
-                        s[j++] = (char) (hi << 4 | lo);
-                        i += 2;
-                } else if (must_escape(c))
-                        return -EBADMSG;
-                else
-                        s[j++] = (char) c;
-        }
-        s[j] = '\0';
-        *ret = TAKE_PTR(s);
-        return 0;
-}
-
-/* Builds the header of env; the size field holds dashes until sealed. */
-static int header_build(const Envelope *env, char **ret, size_t *ret_len, size_t *ret_size_offset) {
-        _cleanup_free_ char *buf = NULL;
-        size_t len = 0;
-        long size_offset;
-        FILE *f;
-
-        f = open_memstream(&buf, &len);
-        if (!f)
-                return -ENOMEM;
-
-        fprintf(f, SPOOL_MAGIC "\n");
-        fprintf(f, "mid %" PRIu64 "\n", env->mid);
-        fprintf(f, "icid %" PRIu64 "\n", env->icid);
-        fprintf(f, "arrival %" PRIu64 "\n", env->arrival_usec);
-        if (env->listener)
-                put_escaped(f, "listener", env->listener);
-        if (env->client_ip)
-                put_escaped(f, "client-ip", env->client_ip);
-        if (env->helo)
-                put_escaped(f, "helo", env->helo);
-        put_escaped(f, "sender", env->sender ? env->sender : "");
-        for (size_t i = 0; i < env->n_rcpts; i++)
-                put_escaped(f, "rcpt", env->rcpts[i]);
-        fputs("size ", f);
-        size_offset = ftell(f);
-        for (unsigned i = 0; i < SPOOL_SIZE_WIDTH; i++)
-                fputc('-', f);
-        fputs("\n\n", f);
-
-        if (ferror(f) || size_offset < 0) {
-                fclose(f);
-                return -ENOMEM;
-        }
-        if (fclose(f) != 0)
-                return -ENOMEM;
-        if (len > SPOOL_HEADER_MAX)
-                return -E2BIG;
-
-        *ret = TAKE_PTR(buf);
-        *ret_len = len;
-        *ret_size_offset = (size_t) size_offset;
-        return 0;
-}
-
-static int strv_push(char ***l, size_t *n, char *s) {
-        char **nl = realloc(*l, (*n + 2) * sizeof(char *));
-
-        if (!nl)
-                return -ENOMEM;
-        nl[*n] = s;
-        nl[*n + 1] = NULL;
-        *l = nl;
-        (*n)++;
-        return 0;
-}
-
-static int value_u64(const char *v, size_t len, uint64_t *ret) {
-        char tmp[SPOOL_SIZE_WIDTH + 1];
-
-        if (len == 0 || len > SPOOL_SIZE_WIDTH)
-                return -EBADMSG;
-        memcpy(tmp, v, len);
-        tmp[len] = '\0';
-        return parse_uint64(tmp, ret) < 0 ? -EBADMSG : 0;
-}
-
-/* Parses a complete header h[0..len), which ends with "\n\n". */
-static int header_parse(const char *h, size_t len, SpoolMessage **ret) {
-        _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
-        bool have_mid = false, have_sender = false, have_size = false, first = true;
-        const char *p = h, *end = h + len - 1;  /* stop before the empty line */
-        int r;
-
-        m = calloc(1, sizeof *m);
-        if (!m)
-                return -ENOMEM;
-
-        while (p < end) {
-                const char *eol = memchr(p, '\n', (size_t) (end - p));
-                const char *sp, *v;
-                size_t klen, vlen;
-
-                if (!eol)
-                        return -EBADMSG;
-                if (first) {
-                        if ((size_t) (eol - p) != strlen(SPOOL_MAGIC) ||
-                            memcmp(p, SPOOL_MAGIC, strlen(SPOOL_MAGIC)) != 0)
-                                return -EBADMSG;
-                        first = false;
-                        p = eol + 1;
-                        continue;
-                }
-
-                sp = memchr(p, ' ', (size_t) (eol - p));
-                if (!sp)
-                        return -EBADMSG;
-                klen = (size_t) (sp - p);
-                v = sp + 1;
-                vlen = (size_t) (eol - v);
-
-#define KEY(k) (klen == strlen(k) && memcmp(p, k, klen) == 0)
-                if (KEY("mid")) {
-                        r = value_u64(v, vlen, &m->env.mid);
-                        have_mid = true;
-                } else if (KEY("icid"))
-                        r = value_u64(v, vlen, &m->env.icid);
-                else if (KEY("arrival"))
-                        r = value_u64(v, vlen, &m->env.arrival_usec);
-                else if (KEY("size")) {
-                        if (vlen != SPOOL_SIZE_WIDTH)
-                                return -EBADMSG;
-                        r = value_u64(v, vlen, &m->data_size);
-                        have_size = true;
-                } else if (KEY("listener") && !m->env.listener)
-                        r = unescape(v, vlen, &m->env.listener);
-                else if (KEY("client-ip") && !m->env.client_ip)
-                        r = unescape(v, vlen, &m->env.client_ip);
-                else if (KEY("helo") && !m->env.helo)
-                        r = unescape(v, vlen, &m->env.helo);
-                else if (KEY("sender") && !m->env.sender) {
-                        r = unescape(v, vlen, &m->env.sender);
-                        have_sender = true;
-                } else if (KEY("rcpt")) {
-                        char *s;
-
-                        r = unescape(v, vlen, &s);
-                        if (r >= 0) {
-                                r = strv_push(&m->env.rcpts, &m->env.n_rcpts, s);
-                                if (r < 0)
-                                        free(s);
-                        }
-                } else
-                        /* Unknown or repeated keys mean a format we do not
-                         * understand: better to refuse than to guess. */
-                        return -EBADMSG;
-#undef KEY
-                if (r < 0)
-                        return r;
-                p = eol + 1;
-        }
-
-        if (first || !have_mid || !have_sender || !have_size || m->env.n_rcpts == 0)
-                return -EBADMSG;
-
-        m->rcpt_state = calloc(m->env.n_rcpts, sizeof(uint8_t));
-        if (!m->rcpt_state)
-                return -ENOMEM;
-        m->data_offset = len;
-
-        *ret = TAKE_PTR(m);
-        return 0;
-}
-
-/* Reads and parses the header of an open message file and checks that the
- * file was sealed: size field == file size - header length. */
-static int message_read(int fd, uint64_t mid, SpoolMessage **ret) {
-        _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
-        _cleanup_free_ char *buf = NULL;
-        size_t len = 0, cap = 0;
-        const char *hend = NULL;
-        struct stat st;
-        int r;
-
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EBADMSG;
-
-        while (!hend) {
-                ssize_t n;
-
-                if (len >= SPOOL_HEADER_MAX)
-                        return -EBADMSG;
-                if (cap - len < SPOOL_READ_CHUNK) {
-                        size_t nc = MAX(cap * 2, (size_t) SPOOL_READ_CHUNK);
-                        char *nb = realloc(buf, nc);
-
-                        if (!nb)
-                                return -ENOMEM;
-                        buf = nb;
-                        cap = nc;
-                }
-                n = pread(fd, buf + len, SPOOL_READ_CHUNK, (off_t) len);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (n == 0)
-                        return -EBADMSG;        /* EOF inside the header: torn */
-                /* Search from one octet back so a "\n\n" split across reads
-                 * is found. */
-                size_t from = len > 0 ? len - 1 : 0;
-                len += (size_t) n;
-                hend = memmem(buf + from, len - from, "\n\n", 2);
-        }
-
-        r = header_parse(buf, (size_t) (hend - buf) + 2, &m);
-        if (r < 0)
-                return r;
-        if (m->env.mid != mid)
-                return -EBADMSG;
-        if ((uint64_t) st.st_size < m->data_offset ||
-            (uint64_t) st.st_size - m->data_offset != m->data_size)
-                return -EBADMSG;
-
-        *ret = TAKE_PTR(m);
-        return 0;
 }
 
 /* ---- I/O helpers ---- */
@@ -751,7 +248,7 @@ unlock:
 }
 
 /* Makes sure IDs handed out later are above `seen` (found on disk). */
-static void ids_bump(Spool *s, SpoolIdKind kind, uint64_t seen) {
+void spool_ids_bump(Spool *s, SpoolIdKind kind, uint64_t seen) {
         pthread_mutex_lock(&s->id_lock);
         if (seen != UINT64_MAX && seen >= s->id_next[kind]) {
                 s->id_next[kind] = seen + 1;
@@ -762,10 +259,9 @@ static void ids_bump(Spool *s, SpoolIdKind kind, uint64_t seen) {
         pthread_mutex_unlock(&s->id_lock);
 }
 
-
 /* ---- segments (callers hold index_lock) ---- */
 
-static void segment_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]) {
+void spool_segment_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]) {
         (void) snprintf(buf, SPOOL_NAME_MAX, "%" PRIu64 "%s", number, suffix);
 }
 
@@ -786,17 +282,17 @@ static void segment_free(Spool *s, Segment *seg) {
 /* All its messages are done: the segment first, then its log, so that a
  * crash in between leaves only an orphan log (removed by recovery), never
  * messages without their outcomes. */
-static void segment_drop(Spool *s, Segment *seg) {
+void spool_segment_drop(Spool *s, Segment *seg) {
         char name[SPOOL_NAME_MAX];
 
-        segment_name(seg->number, "", name);
+        spool_segment_name(seg->number, "", name);
         (void) unlinkat(s->seg_fd, name, 0);
-        segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+        spool_segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
         (void) unlinkat(s->seg_fd, name, 0);
         segment_free(s, seg);
 }
 
-static Segment *segment_link(Spool *s, uint64_t number, int fd, uint64_t size) {
+Segment *spool_segment_link(Spool *s, uint64_t number, int fd, uint64_t size) {
         Segment *seg = calloc(1, sizeof *seg);
 
         if (!seg)
@@ -820,7 +316,7 @@ static void segment_close_current(Spool *s) {
 
         s->current = NULL;
         if (seg && seg->live == 0)
-                segment_drop(s, seg);
+                spool_segment_drop(s, seg);
 }
 
 /* The segment a record of `len` octets goes to: the current one while it
@@ -836,13 +332,13 @@ static int segment_for_append(Spool *s, size_t len, Segment **ret) {
         }
         segment_close_current(s);
 
-        segment_name(s->segment_next, "", name);
+        spool_segment_name(s->segment_next, "", name);
         /* O_EXCL: numbers only grow, so an existing file is not ours to
          * append to. */
         fd = openat(s->seg_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (fd < 0)
                 return -errno;
-        seg = segment_link(s, s->segment_next, fd, 0);
+        seg = spool_segment_link(s, s->segment_next, fd, 0);
         if (!seg) {
                 (void) unlinkat(s->seg_fd, name, 0);
                 safe_close(fd);
@@ -864,7 +360,7 @@ static int segment_log(Spool *s, Segment *seg, const char *line, size_t len) {
         if (seg->log_fd < 0) {
                 char name[SPOOL_NAME_MAX];
 
-                segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+                spool_segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
                 seg->log_fd = openat(s->seg_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
                 if (seg->log_fd < 0) {
                         int r = -errno;
@@ -881,14 +377,14 @@ static int segment_log(Spool *s, Segment *seg, const char *line, size_t len) {
         return (size_t) k == len ? 0 : -EIO;
 }
 
-static SegmentEntry *entry_find(Spool *s, uint64_t mid) {
+SegmentEntry *spool_entry_find(Spool *s, uint64_t mid) {
         SegmentEntry *e = NULL;
 
         HASH_FIND(hh, s->entries, &mid, sizeof(uint64_t), e);
         return e;
 }
 
-static int entry_add(Spool *s, Segment *seg, uint64_t mid, uint64_t data_offset, uint64_t data_size) {
+int spool_entry_add(Spool *s, Segment *seg, uint64_t mid, uint64_t data_offset, uint64_t data_size) {
         SegmentEntry *e = calloc(1, sizeof *e);
 
         if (!e)
@@ -916,7 +412,7 @@ static void entry_remove(Spool *s, SegmentEntry *e) {
         HASH_DEL(s->entries, e);
         free(e);
         if (--seg->live == 0 && seg != s->current)
-                segment_drop(s, seg);
+                spool_segment_drop(s, seg);
 }
 
 /* Appends the writer's in-memory record to the current segment and indexes
@@ -950,7 +446,7 @@ static int segment_append(Spool *s, SpoolWriter *w, Segment **ret) {
                         segment_close_current(s);
                 goto unlock;
         }
-        r = entry_add(s, seg, w->mid, seg->size + sizeof(RecordHead) + w->header_size, w->data_size);
+        r = spool_entry_add(s, seg, w->mid, seg->size + sizeof(RecordHead) + w->header_size, w->data_size);
         if (r < 0) {
                 /* Unindexed, so it must not come back either. */
                 if (ftruncate(seg->fd, (off_t) seg->size) < 0)
@@ -1232,7 +728,7 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
         if (!s || !env || !ret || env->mid == 0 || env->n_rcpts == 0 || !env->rcpts)
                 return -EINVAL;
 
-        r = header_build(env, &header, &hlen, &size_offset);
+        r = spool_header_build(env, &header, &hlen, &size_offset);
         if (r < 0)
                 return r;
 
@@ -1244,7 +740,7 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
         w->header_size = hlen;
         w->size_offset = size_offset;
         w->fd = -EBADF;
-        mid_name(env->mid, w->name);
+        spool_mid_name(env->mid, w->name);
 
         r = writer_reserve(w, sizeof(RecordHead) + hlen);
         if (r < 0)
@@ -1416,573 +912,6 @@ fail:
         return r;
 }
 
-/* ---- recovery ---- */
-
-static int remove_locked(Spool *s, uint64_t mid);
-
-static int rcpt_state_from_string(const char *s) {
-        for (int i = 0; i < _SPOOL_RCPT_STATE_MAX; i++)
-                if (streq(s, rcpt_state_table[i]))
-                        return i;
-        return -EINVAL;
-}
-
-/* Applies msg/<MID>.state. A last line without LF was torn by a crash and
- * is ignored, as are lines for unknown RIDs. Later lines win. */
-static int state_apply(Spool *s, SpoolMessage *m) {
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        char name[SPOOL_NAME_MAX];
-        size_t cap = 0;
-        int fd;
-
-        state_name(m->env.mid, name);
-        fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        f = fdopen(fd, "r");
-        if (!f) {
-                safe_close(fd);
-                return -errno;
-        }
-
-        for (;;) {
-                ssize_t n = getline(&line, &cap, f);
-                uint32_t rid;
-                char *sp;
-                int st;
-
-                if (n < 0)
-                        break;
-                if (line[n - 1] != '\n')
-                        break;
-                line[n - 1] = '\0';
-                sp = strchr(line, ' ');
-                if (!sp)
-                        continue;
-                *sp = '\0';
-                st = rcpt_state_from_string(sp + 1);
-                if (parse_uint32(line, &rid) < 0 || st < 0 || rid >= m->env.n_rcpts)
-                        continue;
-                m->rcpt_state[rid] = (uint8_t) st;
-        }
-        return ferror(f) ? -EIO : 0;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
-/* Parses "<digits>" or "<digits><suffix>" names; others are not ours. */
-static int name_to_number(const char *name, const char *suffix, uint64_t *ret, bool *ret_suffix) {
-        char buf[SPOOL_NAME_MAX];
-        const char *dot = strchr(name, '.');
-        size_t n = dot ? (size_t) (dot - name) : strlen(name);
-        uint64_t v;
-
-        if (dot && !streq(dot, suffix))
-                return -EINVAL;
-        if (n == 0 || n >= sizeof buf)
-                return -EINVAL;
-        memcpy(buf, name, n);
-        buf[n] = '\0';
-        if (buf[0] == '0' || parse_uint64(buf, &v) < 0)
-                return -EINVAL;
-        *ret = v;
-        *ret_suffix = !!dot;
-        return 0;
-}
-
-static int dir_clear(int fd) {
-        _cleanup_close_ int dfd = -EBADF;
-        DIR *d;
-        struct dirent *de;
-        int r = 0;
-
-        dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-                return -errno;
-        d = fdopendir(dfd);
-        if (!d)
-                return -errno;
-        TAKE_FD(dfd);
-
-        while ((de = readdir(d))) {
-                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-                        continue;
-                if (unlinkat(fd, de->d_name, 0) < 0 && errno != ENOENT && r == 0)
-                        r = -errno;
-        }
-        closedir(d);
-        return r;
-}
-
-typedef struct NumberList {
-        uint64_t *v;
-        size_t n, cap;
-} NumberList;
-
-static int number_list_push(NumberList *l, uint64_t v) {
-        if (l->n >= l->cap) {
-                size_t nc = MAX(l->cap * 2, (size_t) 64);
-                uint64_t *nv = realloc(l->v, nc * sizeof(uint64_t));
-
-                if (!nv)
-                        return -ENOMEM;
-                l->v = nv;
-                l->cap = nc;
-        }
-        l->v[l->n++] = v;
-        return 0;
-}
-
-static bool number_list_has(const NumberList *l, uint64_t v) {
-        return l->n > 0 && bsearch(&v, l->v, l->n, sizeof(uint64_t), cmp_u64);
-}
-
-/* Lists a directory's numbered entries: "<N>" into plain and "<N><suffix>"
- * into suffixed, both sorted. */
-static int dir_list(int fd, const char *suffix, NumberList *plain, NumberList *suffixed) {
-        int dfd;
-        DIR *d;
-        struct dirent *de;
-        int r = 0;
-
-        dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-                return -errno;
-        d = fdopendir(dfd);
-        if (!d) {
-                safe_close(dfd);
-                return -errno;
-        }
-        while ((de = readdir(d))) {
-                uint64_t v;
-                bool has_suffix;
-
-                if (name_to_number(de->d_name, suffix, &v, &has_suffix) < 0)
-                        continue;
-                r = number_list_push(has_suffix ? suffixed : plain, v);
-                if (r < 0)
-                        break;
-        }
-        closedir(d);
-        if (r < 0)
-                return r;
-
-        if (plain->n > 0)
-                qsort(plain->v, plain->n, sizeof(uint64_t), cmp_u64);
-        if (suffixed->n > 0)
-                qsort(suffixed->v, suffixed->n, sizeof(uint64_t), cmp_u64);
-        return 0;
-}
-
-/* What recovery found, handed to the callback in MID order at the end. */
-typedef struct Found {
-        SpoolMessage **m;
-        size_t n, cap;
-} Found;
-
-static int found_push(Found *f, SpoolMessage *m) {
-        if (f->n >= f->cap) {
-                size_t nc = MAX(f->cap * 2, (size_t) 64);
-                SpoolMessage **nm = realloc(f->m, nc * sizeof(SpoolMessage *));
-
-                if (!nm)
-                        return -ENOMEM;
-                f->m = nm;
-                f->cap = nc;
-        }
-        f->m[f->n++] = m;
-        return 0;
-}
-
-static void found_done(Found *f) {
-        for (size_t i = 0; i < f->n; i++)
-                spool_message_free(f->m[i]);
-        free(f->m);
-        *f = (Found) {};
-}
-
-static int found_cmp(const void *a, const void *b) {
-        const SpoolMessage *x = *(SpoolMessage * const *) a, *y = *(SpoolMessage * const *) b;
-
-        return cmp_u64(&x->env.mid, &y->env.mid);
-}
-
-static bool message_pending(const SpoolMessage *m) {
-        for (size_t k = 0; k < m->env.n_rcpts; k++)
-                if (m->rcpt_state[k] == SPOOL_RCPT_PENDING)
-                        return true;
-        return false;
-}
-
-/* Messages in their own files (msg/). */
-static int recover_files(Spool *s, Found *found) {
-        _cleanup_free_ uint64_t *mids_v = NULL, *states_v = NULL;
-        NumberList mids = {}, states = {};
-        int r;
-
-        /* Files in tmp/ were never committed, hence never acknowledged. */
-        r = dir_clear(s->tmp_fd);
-        if (r < 0)
-                return r;
-
-        r = dir_list(s->msg_fd, ".state", &mids, &states);
-        mids_v = mids.v;
-        states_v = states.v;
-        if (r < 0)
-                return r;
-
-        /* A state file without its message: spool_remove() was interrupted
-         * between its two unlinks. */
-        for (size_t i = 0; i < states.n; i++)
-                if (!number_list_has(&mids, states.v[i])) {
-                        char name[SPOOL_NAME_MAX];
-
-                        state_name(states.v[i], name);
-                        (void) unlinkat(s->msg_fd, name, 0);
-                }
-
-        for (size_t i = 0; i < mids.n; i++) {
-                _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
-                _cleanup_close_ int fd = -EBADF;
-                char name[SPOOL_NAME_MAX];
-
-                ids_bump(s, SPOOL_ID_MID, mids.v[i]);
-
-                mid_name(mids.v[i], name);
-                fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        return -errno;
-                r = message_read(fd, mids.v[i], &m);
-                if (r == -EBADMSG) {
-                        /* Torn or unsealed: never acknowledged. */
-                        s->n_files++;
-                        (void) remove_locked(s, mids.v[i]);
-                        continue;
-                }
-                if (r < 0)
-                        return r;
-
-                ids_bump(s, SPOOL_ID_ICID, m->env.icid);
-
-                r = state_apply(s, m);
-                if (r < 0)
-                        return r;
-                s->n_files++;
-                if (!message_pending(m)) {
-                        (void) remove_locked(s, mids.v[i]);
-                        continue;
-                }
-                r = found_push(found, m);
-                if (r < 0)
-                        return r;
-                TAKE_PTR(m);
-        }
-        return 0;
-}
-
-/* One line of a segment log, in file order (seq) so later lines win. */
-typedef struct LogLine {
-        uint64_t mid;
-        uint64_t seq;
-        int32_t rid;                    /* -1: the message is done */
-        uint8_t state;
-} LogLine;
-
-static int log_line_cmp(const void *a, const void *b) {
-        const LogLine *x = a, *y = b;
-
-        if (x->mid != y->mid)
-                return x->mid < y->mid ? -1 : 1;
-        return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
-/* Reads <N>.log: complete lines only (a torn last line is ignored), lines
- * that do not parse are skipped. Sorted by MID, then file order. */
-static int log_read(Spool *s, uint64_t number, LogLine **ret, size_t *ret_n) {
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        _cleanup_free_ LogLine *v = NULL;
-        char name[SPOOL_NAME_MAX];
-        size_t n = 0, cap = 0, lcap = 0;
-        int fd;
-
-        segment_name(number, SPOOL_LOG_SUFFIX, name);
-        fd = openat(s->seg_fd, name, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                if (errno != ENOENT)
-                        return -errno;
-                *ret = NULL;
-                *ret_n = 0;
-                return 0;
-        }
-        f = fdopen(fd, "r");
-        if (!f) {
-                safe_close(fd);
-                return -errno;
-        }
-
-        for (;;) {
-                ssize_t len = getline(&line, &lcap, f);
-                char *a, *b, *save = NULL;
-                LogLine l = { .seq = n };
-                uint32_t rid;
-
-                if (len < 0)
-                        break;
-                if (line[len - 1] != '\n')
-                        break;
-                line[len - 1] = '\0';
-
-                a = strtok_r(line, " ", &save);
-                b = a ? strtok_r(NULL, " ", &save) : NULL;
-                if (!b || parse_uint64(a, &l.mid) < 0)
-                        continue;
-                if (streq(b, "done")) {
-                        if (strtok_r(NULL, " ", &save))
-                                continue;
-                        l.rid = -1;
-                } else {
-                        const char *st = strtok_r(NULL, " ", &save);
-                        int k = st ? rcpt_state_from_string(st) : -EINVAL;
-
-                        if (k < 0 || parse_uint32(b, &rid) < 0 || rid > INT32_MAX ||
-                            strtok_r(NULL, " ", &save))
-                                continue;
-                        l.rid = (int32_t) rid;
-                        l.state = (uint8_t) k;
-                }
-
-                if (n >= cap) {
-                        size_t nc = MAX(cap * 2, (size_t) 64);
-                        LogLine *nv = realloc(v, nc * sizeof(LogLine));
-
-                        if (!nv)
-                                return -ENOMEM;
-                        v = nv;
-                        cap = nc;
-                }
-                v[n++] = l;
-        }
-        if (ferror(f))
-                return -EIO;
-
-        if (n > 0)
-                qsort(v, n, sizeof(LogLine), log_line_cmp);
-        *ret = TAKE_PTR(v);
-        *ret_n = n;
-        return 0;
-}
-
-/* Applies the log lines of m; returns true if the message is done. */
-static bool log_apply(const LogLine *lines, size_t n, SpoolMessage *m) {
-        LogLine key = { .mid = m->env.mid };
-        size_t lo = 0, hi = n;
-
-        /* First line for this MID (lines are sorted by MID, then seq 0..). */
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-
-                if (log_line_cmp(&lines[mid], &key) < 0)
-                        lo = mid + 1;
-                else
-                        hi = mid;
-        }
-        for (size_t i = lo; i < n && lines[i].mid == m->env.mid; i++) {
-                if (lines[i].rid < 0)
-                        return true;
-                if ((size_t) lines[i].rid < m->env.n_rcpts)
-                        m->rcpt_state[lines[i].rid] = lines[i].state;
-        }
-        return !message_pending(m);
-}
-
-/* Reads and checks the record at off: its head, then header and data
- * against the CRC. -EBADMSG: no valid record here (end of the segment's
- * good part). */
-static int record_read(int fd, uint64_t off, uint64_t file_size, SpoolMessage **ret, uint64_t *ret_len) {
-        _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
-        _cleanup_free_ uint8_t *buf = NULL;
-        RecordHead head;
-        uint64_t len, done;
-        uLong crc;
-        ssize_t n;
-        int r;
-
-        if (file_size - off < sizeof head)
-                return -EBADMSG;
-        n = pread(fd, &head, sizeof head, (off_t) off);
-        if (n < 0)
-                return -errno;
-        if ((size_t) n != sizeof head ||
-            memcmp(head.magic, SPOOL_RECORD_MAGIC, sizeof head.magic) != 0 ||
-            head.head_crc != (uint32_t) crc32(0, (const Bytef *) &head, offsetof(RecordHead, head_crc)) ||
-            head.reserved != 0 || head.header_size < 2 || head.header_size > SPOOL_HEADER_MAX ||
-            head.data_size > file_size)
-                return -EBADMSG;
-        len = (uint64_t) head.header_size + head.data_size;
-        if (file_size - off - sizeof head < len)
-                return -EBADMSG;
-
-        buf = malloc(MAX((size_t) head.header_size, (size_t) SPOOL_SCAN_CHUNK));
-        if (!buf)
-                return -ENOMEM;
-        n = pread(fd, buf, head.header_size, (off_t) (off + sizeof head));
-        if (n < 0)
-                return -errno;
-        if ((size_t) n != head.header_size)
-                return -EBADMSG;
-        crc = crc32(0, buf, head.header_size);
-        if (memcmp(buf + head.header_size - 2, "\n\n", 2) != 0)
-                return -EBADMSG;
-        r = header_parse((const char *) buf, head.header_size, &m);
-        if (r < 0)
-                return r;
-
-        for (done = 0; done < head.data_size; ) {
-                size_t want = (size_t) MIN(head.data_size - done, (uint64_t) SPOOL_SCAN_CHUNK);
-
-                n = pread(fd, buf, want, (off_t) (off + sizeof head + head.header_size + done));
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return -EBADMSG;
-                crc = crc32(crc, buf, (uInt) n);
-                done += (uint64_t) n;
-        }
-        if ((uint32_t) crc != head.crc || m->env.mid != head.mid || m->data_size != head.data_size)
-                return -EBADMSG;
-
-        m->data_offset = off + sizeof head + head.header_size;
-        *ret = TAKE_PTR(m);
-        *ret_len = sizeof head + len;
-        return 0;
-}
-
-/* Reads one segment: its records up to the first that does not check, with
- * the outcomes of its log applied; keeps it if any message is pending. */
-static int recover_segment(Spool *s, uint64_t number, Found *found) {
-        _cleanup_free_ LogLine *lines = NULL;
-        _cleanup_close_ int fd = -EBADF;
-        char name[SPOOL_NAME_MAX];
-        size_t n_lines = 0;
-        uint64_t off = 0;
-        struct stat st;
-        Segment *seg;
-        int r;
-
-        segment_name(number, "", name);
-        fd = openat(s->seg_fd, name, O_RDWR | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        r = log_read(s, number, &lines, &n_lines);
-        if (r < 0)
-                return r;
-
-        seg = segment_link(s, number, TAKE_FD(fd), 0);
-        if (!seg)
-                return -ENOMEM;
-
-        for (;;) {
-                _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
-                uint64_t len;
-
-                r = record_read(seg->fd, off, (uint64_t) st.st_size, &m, &len);
-                if (r == -EBADMSG)
-                        break;          /* never acknowledged from here on */
-                if (r < 0)
-                        return r;
-                off += len;
-
-                ids_bump(s, SPOOL_ID_MID, m->env.mid);
-                ids_bump(s, SPOOL_ID_ICID, m->env.icid);
-                if (log_apply(lines, n_lines, m))
-                        continue;
-                /* A MID is in one place only; a second copy would be a
-                 * bug, and delivering it twice is not the answer. */
-                if (entry_find(s, m->env.mid))
-                        continue;
-                r = entry_add(s, seg, m->env.mid, m->data_offset, m->data_size);
-                if (r < 0)
-                        return r;
-                r = found_push(found, m);
-                if (r < 0)
-                        return r;
-                TAKE_PTR(m);
-        }
-        seg->size = off;
-
-        if (seg->live == 0)
-                segment_drop(s, seg);
-        return 0;
-}
-
-static int recover_segments(Spool *s, Found *found) {
-        _cleanup_free_ uint64_t *segs_v = NULL, *logs_v = NULL;
-        NumberList segs = {}, logs = {};
-        int r;
-
-        r = dir_list(s->seg_fd, SPOOL_LOG_SUFFIX, &segs, &logs);
-        segs_v = segs.v;
-        logs_v = logs.v;
-        if (r < 0)
-                return r;
-
-        /* A log without its segment: segment_drop() was interrupted. */
-        for (size_t i = 0; i < logs.n; i++)
-                if (!number_list_has(&segs, logs.v[i])) {
-                        char name[SPOOL_NAME_MAX];
-
-                        segment_name(logs.v[i], SPOOL_LOG_SUFFIX, name);
-                        (void) unlinkat(s->seg_fd, name, 0);
-                }
-
-        for (size_t i = 0; i < segs.n; i++) {
-                /* New records always go to a new segment: an old one may
-                 * end in a torn tail. */
-                s->segment_next = MAX(s->segment_next, segs.v[i] + 1);
-                r = recover_segment(s, segs.v[i], found);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
-}
-
-int spool_recover(Spool *s, int (*cb)(SpoolMessage *m, void *userdata), void *userdata) {
-        _cleanup_(found_done) Found found = {};
-        size_t n;
-        int r;
-
-        if (!s || !cb)
-                return -EINVAL;
-
-        pthread_mutex_lock(&s->index_lock);
-        r = recover_files(s, &found);
-        if (r >= 0)
-                r = recover_segments(s, &found);
-        pthread_mutex_unlock(&s->index_lock);
-        if (r < 0)
-                return r;
-
-        if (found.n > 0)
-                qsort(found.m, found.n, sizeof(SpoolMessage *), found_cmp);
-        n = found.n;
-        for (size_t i = 0; i < found.n; i++) {
-                SpoolMessage *m = TAKE_PTR(found.m[i]);
-
-                r = cb(m, userdata);
-                if (r < 0)
-                        return r;
-        }
-        return (int) MIN(n, (size_t) INT32_MAX);
-}
-
 /* ---- per-message operations ---- */
 
 int spool_record(Spool *s, uint64_t mid, uint32_t rid, SpoolRcptState state) {
@@ -1996,27 +925,27 @@ int spool_record(Spool *s, uint64_t mid, uint32_t rid, SpoolRcptState state) {
                 return -EINVAL;
 
         pthread_mutex_lock(&s->index_lock);
-        e = entry_find(s, mid);
+        e = spool_entry_find(s, mid);
         if (e) {
                 int r;
 
-                n = snprintf(rec, sizeof rec, "%" PRIu64 " %" PRIu32 " %s\n", mid, rid, rcpt_state_table[state]);
+                n = snprintf(rec, sizeof rec, "%" PRIu64 " %" PRIu32 " %s\n", mid, rid, spool_rcpt_state_table[state]);
                 r = n < 0 || (size_t) n >= sizeof rec ? -EINVAL : segment_log(s, e->segment, rec, (size_t) n);
                 pthread_mutex_unlock(&s->index_lock);
                 return r;
         }
         pthread_mutex_unlock(&s->index_lock);
 
-        n = snprintf(rec, sizeof rec, "%" PRIu32 " %s\n", rid, rcpt_state_table[state]);
+        n = snprintf(rec, sizeof rec, "%" PRIu32 " %s\n", rid, spool_rcpt_state_table[state]);
         if (n < 0 || (size_t) n >= sizeof rec)
                 return -EINVAL;
 
         /* Not a segment message: its own file, which must exist (no state
          * file for a message that is gone). */
-        mid_name(mid, name);
+        spool_mid_name(mid, name);
         if (faccessat(s->msg_fd, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
                 return -errno;
-        state_name(mid, name);
+        spool_state_name(mid, name);
         fd = openat(s->msg_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0)
                 return -errno;
@@ -2032,12 +961,12 @@ int spool_record(Spool *s, uint64_t mid, uint32_t rid, SpoolRcptState state) {
 }
 
 /* Called with index_lock held. */
-static int remove_locked(Spool *s, uint64_t mid) {
+int spool_remove_locked(Spool *s, uint64_t mid) {
         char name[SPOOL_NAME_MAX];
         SegmentEntry *e;
         int r = 0;
 
-        e = entry_find(s, mid);
+        e = spool_entry_find(s, mid);
         if (e) {
                 char line[SPOOL_LOG_LINE_MAX];
                 int n = snprintf(line, sizeof line, "%" PRIu64 " done\n", mid);
@@ -2050,12 +979,12 @@ static int remove_locked(Spool *s, uint64_t mid) {
         /* Message first: a crash in between leaves only an orphan state
          * file, which recovery deletes, never a message without its
          * delivery record. */
-        mid_name(mid, name);
+        spool_mid_name(mid, name);
         if (unlinkat(s->msg_fd, name, 0) < 0)
                 r = -errno;
         else if (s->n_files > 0)
                 s->n_files--;
-        state_name(mid, name);
+        spool_state_name(mid, name);
         if (unlinkat(s->msg_fd, name, 0) < 0 && errno != ENOENT && r == 0)
                 r = -errno;
         return r;
@@ -2068,7 +997,7 @@ int spool_remove(Spool *s, uint64_t mid) {
                 return -EINVAL;
 
         pthread_mutex_lock(&s->index_lock);
-        r = remove_locked(s, mid);
+        r = spool_remove_locked(s, mid);
         pthread_mutex_unlock(&s->index_lock);
         return r;
 }
@@ -2084,7 +1013,7 @@ int spool_open_data(Spool *s, uint64_t mid, int *ret_fd, uint64_t *ret_offset, u
                 return -EINVAL;
 
         pthread_mutex_lock(&s->index_lock);
-        e = entry_find(s, mid);
+        e = spool_entry_find(s, mid);
         if (e) {
                 uint64_t off = e->data_offset, size = e->data_size;
 
@@ -2103,11 +1032,11 @@ int spool_open_data(Spool *s, uint64_t mid, int *ret_fd, uint64_t *ret_offset, u
         }
         pthread_mutex_unlock(&s->index_lock);
 
-        mid_name(mid, name);
+        spool_mid_name(mid, name);
         fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
-        r = message_read(fd, mid, &m);
+        r = spool_message_read(fd, mid, &m);
         if (r < 0)
                 return r;
 
