@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -163,7 +164,10 @@ struct SpoolWriter {
 /* File names: "<MID>", "<MID>.state", "<N><suffix>" (suffix "" or ".log"). */
 void spool_mid_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]);
 void spool_state_name(uint64_t mid, char buf[static SPOOL_NAME_MAX]);
-void spool_segment_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]);
+void spool_number_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]);
+/* DIR_FD/NAME opened for reading as a stream; 0 and *ret NULL when it
+ * does not exist. */
+int spool_fopen_at(int dir_fd, const char *name, FILE **ret);
 
 /* spool-format.c */
 int spool_header_build(const Envelope *env, char **ret, size_t *ret_len, size_t *ret_size_offset);

@@ -40,17 +40,12 @@ static int state_apply(Spool *s, SpoolMessage *m) {
         _cleanup_free_ char *line = NULL;
         char name[SPOOL_NAME_MAX];
         size_t cap = 0;
-        int fd;
+        int r;
 
         spool_state_name(m->env.mid, name);
-        fd = openat(s->msg_fd, name, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        f = fdopen(fd, "r");
-        if (!f) {
-                safe_close(fd);
-                return -errno;
-        }
+        r = spool_fopen_at(s->msg_fd, name, &f);
+        if (r < 0 || !f)
+                return r;
 
         for (;;) {
                 ssize_t n = getline(&line, &cap, f);
@@ -148,9 +143,12 @@ static bool number_list_has(const NumberList *l, uint64_t v) {
         return l->n > 0 && bsearch(&v, l->v, l->n, sizeof(uint64_t), cmp_u64);
 }
 
-/* Lists a directory's numbered entries: "<N>" into plain and "<N><suffix>"
- * into suffixed, both sorted. */
-static int dir_list(int fd, const char *suffix, NumberList *plain, NumberList *suffixed) {
+/* Lists a directory's numbered entries "<N>", sorted, and removes every
+ * "<N><suffix>" whose "<N>" is gone: a removal interrupted between its two
+ * unlinks (message file then .state, segment then .log). */
+static int dir_scan(int fd, const char *suffix, NumberList *ret) {
+        _cleanup_free_ uint64_t *orphans_v = NULL;
+        NumberList plain = {}, suffixed = {};
         int dfd;
         DIR *d;
         struct dirent *de;
@@ -170,18 +168,27 @@ static int dir_list(int fd, const char *suffix, NumberList *plain, NumberList *s
 
                 if (name_to_number(de->d_name, suffix, &v, &has_suffix) < 0)
                         continue;
-                r = number_list_push(has_suffix ? suffixed : plain, v);
+                r = number_list_push(has_suffix ? &suffixed : &plain, v);
                 if (r < 0)
                         break;
         }
         closedir(d);
-        if (r < 0)
+        orphans_v = suffixed.v;
+        if (r < 0) {
+                free(plain.v);
                 return r;
+        }
 
-        if (plain->n > 0)
-                qsort(plain->v, plain->n, sizeof(uint64_t), cmp_u64);
-        if (suffixed->n > 0)
-                qsort(suffixed->v, suffixed->n, sizeof(uint64_t), cmp_u64);
+        if (plain.n > 0)
+                qsort(plain.v, plain.n, sizeof(uint64_t), cmp_u64);
+        for (size_t i = 0; i < suffixed.n; i++)
+                if (!number_list_has(&plain, suffixed.v[i])) {
+                        char name[SPOOL_NAME_MAX];
+
+                        spool_number_name(suffixed.v[i], suffix, name);
+                        (void) unlinkat(fd, name, 0);
+                }
+        *ret = plain;
         return 0;
 }
 
@@ -227,8 +234,8 @@ static bool message_pending(const SpoolMessage *m) {
 
 /* Messages in their own files (msg/). */
 static int recover_files(Spool *s, Found *found) {
-        _cleanup_free_ uint64_t *mids_v = NULL, *states_v = NULL;
-        NumberList mids = {}, states = {};
+        _cleanup_free_ uint64_t *mids_v = NULL;
+        NumberList mids = {};
         int r;
 
         /* Files in tmp/ were never committed, hence never acknowledged. */
@@ -236,21 +243,10 @@ static int recover_files(Spool *s, Found *found) {
         if (r < 0)
                 return r;
 
-        r = dir_list(s->msg_fd, ".state", &mids, &states);
-        mids_v = mids.v;
-        states_v = states.v;
+        r = dir_scan(s->msg_fd, ".state", &mids);
         if (r < 0)
                 return r;
-
-        /* A state file without its message: spool_remove() was interrupted
-         * between its two unlinks. */
-        for (size_t i = 0; i < states.n; i++)
-                if (!number_list_has(&mids, states.v[i])) {
-                        char name[SPOOL_NAME_MAX];
-
-                        spool_state_name(states.v[i], name);
-                        (void) unlinkat(s->msg_fd, name, 0);
-                }
+        mids_v = mids.v;
 
         for (size_t i = 0; i < mids.n; i++) {
                 _cleanup_(spool_message_freep) SpoolMessage *m = NULL;
@@ -315,21 +311,16 @@ static int log_read(Spool *s, uint64_t number, LogLine **ret, size_t *ret_n) {
         _cleanup_free_ LogLine *v = NULL;
         char name[SPOOL_NAME_MAX];
         size_t n = 0, cap = 0, lcap = 0;
-        int fd;
+        int r;
 
-        spool_segment_name(number, SPOOL_LOG_SUFFIX, name);
-        fd = openat(s->seg_fd, name, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-                if (errno != ENOENT)
-                        return -errno;
+        spool_number_name(number, SPOOL_LOG_SUFFIX, name);
+        r = spool_fopen_at(s->seg_fd, name, &f);
+        if (r < 0)
+                return r;
+        if (!f) {
                 *ret = NULL;
                 *ret_n = 0;
                 return 0;
-        }
-        f = fdopen(fd, "r");
-        if (!f) {
-                safe_close(fd);
-                return -errno;
         }
 
         for (;;) {
@@ -481,7 +472,7 @@ static int recover_segment(Spool *s, uint64_t number, Found *found) {
         Segment *seg;
         int r;
 
-        spool_segment_name(number, "", name);
+        spool_number_name(number, "", name);
         fd = openat(s->seg_fd, name, O_RDWR | O_CLOEXEC);
         if (fd < 0)
                 return -errno;
@@ -530,24 +521,14 @@ static int recover_segment(Spool *s, uint64_t number, Found *found) {
 }
 
 static int recover_segments(Spool *s, Found *found) {
-        _cleanup_free_ uint64_t *segs_v = NULL, *logs_v = NULL;
-        NumberList segs = {}, logs = {};
+        _cleanup_free_ uint64_t *segs_v = NULL;
+        NumberList segs = {};
         int r;
 
-        r = dir_list(s->seg_fd, SPOOL_LOG_SUFFIX, &segs, &logs);
-        segs_v = segs.v;
-        logs_v = logs.v;
+        r = dir_scan(s->seg_fd, SPOOL_LOG_SUFFIX, &segs);
         if (r < 0)
                 return r;
-
-        /* A log without its segment: spool_segment_drop() was interrupted. */
-        for (size_t i = 0; i < logs.n; i++)
-                if (!number_list_has(&segs, logs.v[i])) {
-                        char name[SPOOL_NAME_MAX];
-
-                        spool_segment_name(logs.v[i], SPOOL_LOG_SUFFIX, name);
-                        (void) unlinkat(s->seg_fd, name, 0);
-                }
+        segs_v = segs.v;
 
         for (size_t i = 0; i < segs.n; i++) {
                 /* New records always go to a new segment: an old one may

@@ -137,6 +137,26 @@ static int subdir_open(int dir_fd, const char *name) {
         return fd < 0 ? -errno : fd;
 }
 
+int spool_fopen_at(int dir_fd, const char *name, FILE **ret) {
+        FILE *f;
+        int fd;
+
+        fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                if (errno != ENOENT)
+                        return -errno;
+                *ret = NULL;
+                return 0;
+        }
+        f = fdopen(fd, "r");
+        if (!f) {
+                safe_close(fd);
+                return -errno;
+        }
+        *ret = f;
+        return 0;
+}
+
 /* ---- ID counters ---- */
 
 static int ids_load(Spool *s) {
@@ -144,16 +164,11 @@ static int ids_load(Spool *s) {
         _cleanup_free_ char *line = NULL;
         size_t cap = 0;
         bool first = true;
-        int fd;
+        int r;
 
-        fd = openat(s->dir_fd, SPOOL_IDS_FILE, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return errno == ENOENT ? 0 : -errno;
-        f = fdopen(fd, "r");
-        if (!f) {
-                safe_close(fd);
-                return -errno;
-        }
+        r = spool_fopen_at(s->dir_fd, SPOOL_IDS_FILE, &f);
+        if (r < 0 || !f)
+                return r;
 
         for (;;) {
                 ssize_t n = getline(&line, &cap, f);
@@ -261,7 +276,7 @@ void spool_ids_bump(Spool *s, SpoolIdKind kind, uint64_t seen) {
 
 /* ---- segments (callers hold index_lock) ---- */
 
-void spool_segment_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]) {
+void spool_number_name(uint64_t number, const char *suffix, char buf[static SPOOL_NAME_MAX]) {
         (void) snprintf(buf, SPOOL_NAME_MAX, "%" PRIu64 "%s", number, suffix);
 }
 
@@ -285,9 +300,9 @@ static void segment_free(Spool *s, Segment *seg) {
 void spool_segment_drop(Spool *s, Segment *seg) {
         char name[SPOOL_NAME_MAX];
 
-        spool_segment_name(seg->number, "", name);
+        spool_number_name(seg->number, "", name);
         (void) unlinkat(s->seg_fd, name, 0);
-        spool_segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+        spool_number_name(seg->number, SPOOL_LOG_SUFFIX, name);
         (void) unlinkat(s->seg_fd, name, 0);
         segment_free(s, seg);
 }
@@ -332,7 +347,7 @@ static int segment_for_append(Spool *s, size_t len, Segment **ret) {
         }
         segment_close_current(s);
 
-        spool_segment_name(s->segment_next, "", name);
+        spool_number_name(s->segment_next, "", name);
         /* O_EXCL: numbers only grow, so an existing file is not ours to
          * append to. */
         fd = openat(s->seg_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -360,7 +375,7 @@ static int segment_log(Spool *s, Segment *seg, const char *line, size_t len) {
         if (seg->log_fd < 0) {
                 char name[SPOOL_NAME_MAX];
 
-                spool_segment_name(seg->number, SPOOL_LOG_SUFFIX, name);
+                spool_number_name(seg->number, SPOOL_LOG_SUFFIX, name);
                 seg->log_fd = openat(s->seg_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
                 if (seg->log_fd < 0) {
                         int r = -errno;
