@@ -40,6 +40,7 @@
 #define LOG_MESSAGE_ID_MID_ABORTED      "50eddebd011d4107bfd24f3c2d40260c"
 #define LOG_MESSAGE_ID_MID_FINISHED     "7d82dfc08c5148459fe94f56833523a8"
 #define LOG_MESSAGE_ID_DCID_NEW         "69b2c73bc62f46b18ff8bd9537d96656"
+#define LOG_MESSAGE_ID_DCID_REUSED      "828a51d689544db897a3021c533384d6"
 #define LOG_MESSAGE_ID_DELIVERY_START   "b6ec28b9da004bbfb17840f4749ed036"
 #define LOG_MESSAGE_ID_DELIVERY_DONE    "fd9d99c897604bae8bc59db221b26e26"
 #define LOG_MESSAGE_ID_DELIVERY_DELAYED "a4708ace584d43d5ac3e22f574429bec"
@@ -377,6 +378,23 @@ void log_dcid_new(uint64_t dcid, const char *domain, const char *interface_addr,
                 entry_add(&e, "TLSGW_REMOTE_HOST=%s", host);
         entry_message(&e, "New SMTP DCID %" PRIu64 " interface %s address %s port %u",
                       dcid, interface_addr, address, port);
+        entry_submit(&e);
+}
+
+void log_dcid_reused(uint64_t dcid, uint64_t opened_dcid, const char *domain, const char *interface_addr,
+                     const char *address, uint16_t port, const char *host) {
+        LogEntry e;
+
+        entry_begin(&e, LOG_INFO, LOG_MESSAGE_ID_DCID_REUSED);
+        entry_add(&e, "TLSGW_DCID=%" PRIu64, dcid);
+        entry_add(&e, "TLSGW_REUSED_DCID=%" PRIu64, opened_dcid);
+        entry_add(&e, "TLSGW_DOMAIN=%s", domain);
+        entry_add(&e, "TLSGW_REMOTE_IP=%s", address);
+        entry_add(&e, "TLSGW_REMOTE_PORT=%u", port);
+        if (host)
+                entry_add(&e, "TLSGW_REMOTE_HOST=%s", host);
+        entry_message(&e, "DCID %" PRIu64 " reusing connection of DCID %" PRIu64 " interface %s address %s port %u",
+                      dcid, opened_dcid, interface_addr, address, port);
         entry_submit(&e);
 }
 

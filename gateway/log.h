@@ -77,6 +77,11 @@ void log_mid_finished(uint64_t mid, const char *how);
 /* "New SMTP DCID 3 interface 127.0.0.1 address 10.0.0.1 port 25" */
 void log_dcid_new(uint64_t dcid, const char *domain, const char *interface_addr,
                   const char *address, uint16_t port, const char *host);
+/* "DCID 5 reusing connection of DCID 3 interface 127.0.0.1 address 10.0.0.1
+ *  port 25": an idle connection opened by another DCID carries this one
+ *  (same fields as log_dcid_new, plus TLSGW_REUSED_DCID). */
+void log_dcid_reused(uint64_t dcid, uint64_t opened_dcid, const char *domain, const char *interface_addr,
+                     const char *address, uint16_t port, const char *host);
 /* "Delivery start DCID 3 MID 7 to RID [0, 1]" */
 void log_delivery_start(uint64_t dcid, uint64_t mid, const uint32_t *rids, size_t n_rids);
 /* "Message done DCID 3 MID 7 to RID [0] [('250 2.0.0 Ok')]"; via (may be

@@ -437,6 +437,7 @@ static void manager_dispatch(DeliveryJob *job, void *userdata) {
 
         if (!job->maildir) {
                 d = config_find_destination(m->config, job->domain);
+                job->connection_message_limit = d->max_messages_per_connection;
                 job->tls_mode = d->tls;
                 job->tls_ctx = tls_contexts_destination(m->tls, m->config, d);
                 if (!job->tls_ctx)

@@ -11,7 +11,21 @@
  * 2920) all of them go out in one write and the replies are matched in
  * order. The body is the spooled wire form (dot-stuffed, CRLF) sent as is
  * with sendfile(2), then ".". Messages share the connection; RSET is sent
- * only when a transaction was left open. QUIT at the end.
+ * only when a transaction was left open. QUIT at the end, unless the
+ * connection is kept for the next job (below).
+ *
+ * Connection cache: a job that ends cleanly (every reply of its last
+ * transaction 2xx, nothing unread or unsent, TLS up or never asked for)
+ * leaves its connection idle in a process-wide cache instead of sending
+ * QUIT. A later job for the same domain, HELO name, TLS mode and SSL_CTX,
+ * whose targets include the cached address (and host), takes it: RSET, and
+ * on 2xx straight to MAIL with what the EHLO reply and TLS handshake of the
+ * opening job established. A failed RSET (or a dead peer) closes it and the
+ * job connects as usual; that is not a target failure. Idle connections
+ * carry no I/O source: the taking job registers the fd on its own loop.
+ * Each has a floating timer on the loop that cached it, which closes it
+ * (QUIT) after CLIENT_CACHE_TIME_LIMIT if nobody took it, and whose destroy
+ * callback closes it when that loop is freed (daemon shutdown).
  *
  * STARTTLS (RFC 3207) follows the job's TlsOutbound mode (smtp-client.h):
  * after the EHLO reply the client sends STARTTLS when it is offered and
@@ -45,7 +59,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "local-delivery.h"
@@ -76,6 +93,18 @@
 /* Reads of unasked-for input before closing a TLS connection: a few
  * session tickets fit; anything more is the server's problem. */
 #define CLIENT_TLS_DRAIN_READS 4
+/* How long an idle connection waits for the next job, as Postfix's
+ * smtp_connection_cache_time_limit: enough to bridge mail that trickles
+ * in, well below the 5 minutes a server may wait for the next command
+ * (RFC 5321 4.5.3.2.7), so the peer does not drop it under us. */
+#define CLIENT_CACHE_TIME_LIMIT (2 * USEC_PER_SEC)
+/* Idle connections per destination: more than the concurrent deliveries
+ * a destination usually gets; beyond that they would only hold the
+ * server's session slots. */
+#define CLIENT_CACHE_PER_DESTINATION 16
+/* All idle connections: each holds an fd and perhaps a TLS session (tens
+ * of KB); bounded so many destinations cannot pile them up. */
+#define CLIENT_CACHE_MAX 256
 
 typedef enum ClientState {
         CLIENT_CONNECTING,
@@ -89,6 +118,8 @@ typedef enum ClientState {
         CLIENT_BODY,            /* sending the body and "." */
         CLIENT_DOT,             /* reply to "." */
         CLIENT_RSET,
+        CLIENT_REUSE,           /* reply to the RSET on a cached connection */
+        CLIENT_IDLE,            /* last reply in; cache the connection once it is consumed */
         CLIENT_QUIT,
         CLIENT_FINISHED,
 } ClientState;
@@ -114,6 +145,9 @@ typedef struct Client {
         bool began;                     /* a MAIL was sent on this connection */
         bool greeted;                   /* a 2xx greeting on this connection (probe) */
         bool need_rset;                 /* a transaction may be open */
+        bool unclean;                   /* an error reply: not worth keeping */
+        uint64_t opened_dcid;           /* a cached connection: the DCID that opened it; 0 = ours */
+        uint32_t conn_messages;         /* transactions the connection carried, reuse included */
 
         /* ESMTP (RFC 5321 4.1.1.1) */
         bool pipelining;
@@ -122,6 +156,8 @@ typedef struct Client {
         /* STARTTLS (RFC 3207) */
         TlsSession *tls;                /* set from the 220 to STARTTLS on */
         bool tls_up;                    /* handshake done: I/O goes through tls */
+        int tls_verified;               /* as logged: -1 not checked, 0 no, 1 yes */
+        char *tls_verify_detail;        /* why not verified (for the log), or NULL */
         uint32_t tls_read_events;       /* what the last TLS read/write/handshake */
         uint32_t tls_write_events;      /* waits for (EPOLLIN/EPOLLOUT), 0: none */
         /* Staging for TLS writes: OpenSSL wants a retried write with the same
@@ -157,6 +193,7 @@ static void client_free(Client *c) {
         buf_done(&c->in);
         buf_done(&c->out);
         free(c->last_reason);
+        free(c->tls_verify_detail);
         free(c->tx_rcpts);
         free(c->tx_accepted);
         sd_event_unref(c->event);
@@ -515,6 +552,7 @@ static int client_send(Client *c, const char *fmt, ...) {
 }
 
 static void client_close_connection(Client *c) {
+        c->conn_messages = 0;
         transport_tls_close(c);
         c->io = sd_event_source_disable_unref(c->io);
         c->fd = safe_close(c->fd);
@@ -531,6 +569,7 @@ static void client_finish(Client *c) {
 
 static int client_connect_next(Client *c);
 static int client_next_message(Client *c);
+static int client_reuse_failed(Client *c, const char *why);
 
 static void client_log_connection_error(Client *c, const char *details, const char *reason) {
         const ResolvedTarget *t = client_target(c);
@@ -624,6 +663,8 @@ static int client_connection_failed(Client *c, const char *what) {
                 client_finish(c);
                 return 0;
         }
+        if (c->state == CLIENT_REUSE)
+                return client_reuse_failed(c, what);
 
         reason = reason_new("451 4.4.2 %s with %s[%s] %s", what, client_host(c), c->peer,
                             c->state == CLIENT_GREETING ? "while waiting for the greeting" :
@@ -643,9 +684,342 @@ static int client_connection_failed(Client *c, const char *what) {
         return 0;
 }
 
-/* ---- connect ---- */
+/* ---- connection cache ---- */
 
 static int client_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+
+/* An idle connection. The connection itself (fd, tls) and `linked` are
+ * under cache_lock until a job takes it; the rest is fixed once linked.
+ * The struct belongs to its expiry timer, a floating source on the loop
+ * that cached it: freeing that source (expiry, or the loop going away)
+ * frees the struct and closes whatever connection is still in it. */
+typedef struct CachedConnection CachedConnection;
+struct CachedConnection {
+        CachedConnection *next;         /* cache_list */
+        bool linked;
+        int fd;
+        TlsSession *tls;                /* NULL: clear text */
+        uint64_t idle_since;            /* CLOCK_MONOTONIC usec */
+
+        uint64_t dcid;                  /* the job that opened the connection */
+        uint32_t messages;              /* transactions it carried so far */
+        char *domain;
+        char *helo_name;
+        char *host;                     /* the target's host, "" for a literal */
+        TlsOutbound tls_mode;
+        SSL_CTX *tls_ctx;               /* a reference: the pointer stays unique while cached */
+        struct sockaddr_storage addr;
+        socklen_t addrlen;
+        char peer[INET6_ADDRSTRLEN];
+        char iface[INET6_ADDRSTRLEN];
+        bool pipelining;
+        uint64_t size_max;
+        int tls_verified;
+        char *tls_verify_detail;
+};
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static CachedConnection *cache_list;    /* newest first */
+static size_t cache_size;
+static _Atomic uint64_t cache_time_limit = CLIENT_CACHE_TIME_LIMIT;
+
+void smtp_client_set_cache_time_limit(uint64_t usec) {
+        atomic_store(&cache_time_limit, usec);
+}
+
+/* An idle connection's end: QUIT, not waited for (RFC 5321 3.1); with TLS
+ * the unread input (session tickets) is drained first and close_notify
+ * follows, as in transport_tls_close(). */
+static void cached_close(int fd, TlsSession *tls) {
+        static const char quit[] = "QUIT\r\n";
+
+        if (tls && fd >= 0) {
+                char scratch[CLIENT_READ_CHUNK];
+                uint32_t events;
+
+                for (unsigned i = 0; i < CLIENT_TLS_DRAIN_READS; i++)
+                        if (tls_session_read(tls, scratch, sizeof(scratch), &events) <= 0)
+                                break;
+                (void) tls_session_write(tls, quit, strlen(quit), &events);
+                tls_session_shutdown(tls);
+        } else if (fd >= 0)
+                (void) send(fd, quit, strlen(quit), MSG_NOSIGNAL | MSG_DONTWAIT);
+        tls_session_free(tls);
+        safe_close(fd);
+}
+
+static void cached_free(CachedConnection *cc) {
+        cached_close(cc->fd, cc->tls);
+        free(cc->domain);
+        free(cc->helo_name);
+        free(cc->host);
+        SSL_CTX_free(cc->tls_ctx);
+        free(cc->tls_verify_detail);
+        free(cc);
+}
+
+static void cache_unlink_locked(CachedConnection *cc) {
+        for (CachedConnection **p = &cache_list; *p; p = &(*p)->next)
+                if (*p == cc) {
+                        *p = cc->next;
+                        break;
+                }
+        cc->next = NULL;
+        cc->linked = false;
+        cache_size--;
+}
+
+/* The expiry timer is being freed: on expiry, or with its loop at
+ * shutdown (then on whatever thread frees the loop). */
+static void cached_destroy(void *userdata) {
+        CachedConnection *cc = userdata;
+
+        pthread_mutex_lock(&cache_lock);
+        if (cc->linked)
+                cache_unlink_locked(cc);
+        pthread_mutex_unlock(&cache_lock);
+        /* Taken: fd and tls were moved out under the lock. */
+        cached_free(cc);
+}
+
+static int cached_expired(sd_event_source *s, uint64_t usec, void *userdata) {
+        /* The loop holds the only reference: dropping it frees the source
+         * once this callback returns, and cached_destroy() closes the
+         * connection unless a job took it meanwhile. */
+        (void) sd_event_source_set_floating(s, false);
+        return 0;
+}
+
+static bool cached_matches_target(const CachedConnection *cc, const ResolvedTarget *t) {
+        if (t->addr.ss_family != cc->addr.ss_family || t->addrlen != cc->addrlen || !streq(t->host ?: "", cc->host))
+                return false;
+        if (t->addr.ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const struct sockaddr_in *) &t->addr, *b = (const struct sockaddr_in *) &cc->addr;
+
+                return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+        }
+        if (t->addr.ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &t->addr,
+                        *b = (const struct sockaddr_in6 *) &cc->addr;
+
+                return a->sin6_port == b->sin6_port && a->sin6_scope_id == b->sin6_scope_id &&
+                       memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+        }
+        return false;
+}
+
+/* Whether the connection may outlive the job: nothing went wrong on it,
+ * no transaction is open and TLS, if it was started, is up. */
+static bool client_may_cache(Client *c) {
+        uint32_t limit = c->job->connection_message_limit;
+
+        return atomic_load(&cache_time_limit) > 0 && !c->job->probe && !c->unclean && !c->need_rset &&
+               c->fd >= 0 && c->io && (!c->tls || c->tls_up) && transport_output_empty(c) &&
+               (limit == 0 || c->conn_messages < limit);
+}
+
+/* Hands the connection to the cache; on success the client has no
+ * connection any more. -ENOSPC when the cache is full. */
+static int client_cache_put(Client *c) {
+        DeliveryJob *j = c->job;
+        const ResolvedTarget *t = client_target(c);
+        uint64_t limit = atomic_load(&cache_time_limit), now;
+        sd_event_source *timer = NULL;
+        CachedConnection *cc;
+        size_t n_dest = 0;
+        int r;
+
+        if (limit == 0)
+                return -EOPNOTSUPP;
+        /* Unread input or decrypted bytes nobody asked for: out of step. */
+        if (!buf_empty(&c->in) || (c->tls && tls_session_pending(c->tls) > 0))
+                return -EBADMSG;
+
+        pthread_mutex_lock(&cache_lock);
+        for (CachedConnection *i = cache_list; i; i = i->next)
+                n_dest += strcaseeq(i->domain, j->domain);
+        bool full = cache_size >= CLIENT_CACHE_MAX || n_dest >= CLIENT_CACHE_PER_DESTINATION;
+        pthread_mutex_unlock(&cache_lock);
+        /* Checked before the connection leaves the loop, so that QUIT can
+         * still go out; puts racing on other threads may pass the bounds
+         * by at most one each. */
+        if (full)
+                return -ENOSPC;
+
+        cc = calloc(1, sizeof(CachedConnection));
+        if (!cc)
+                return -ENOMEM;
+        cc->fd = -EBADF;
+        cc->dcid = c->opened_dcid ?: j->dcid;
+        cc->messages = c->conn_messages;
+        cc->domain = strdup(j->domain);
+        cc->helo_name = strdup(j->helo_name);
+        cc->host = strdup(t->host ?: "");
+        cc->tls_mode = j->tls_mode;
+        if (j->tls_ctx && SSL_CTX_up_ref(j->tls_ctx) == 1)
+                cc->tls_ctx = j->tls_ctx;
+        memcpy(&cc->addr, &t->addr, sizeof(cc->addr));
+        cc->addrlen = t->addrlen;
+        memcpy(cc->peer, c->peer, sizeof(cc->peer));
+        memcpy(cc->iface, c->iface, sizeof(cc->iface));
+        cc->pipelining = c->pipelining;
+        cc->size_max = c->size_max;
+        cc->tls_verified = c->tls_verified;
+        cc->tls_verify_detail = c->tls_verify_detail ? strdup(c->tls_verify_detail) : NULL;
+        if (!cc->domain || !cc->helo_name || !cc->host || (j->tls_ctx && !cc->tls_ctx) ||
+            (c->tls_verify_detail && !cc->tls_verify_detail)) {
+                cached_free(cc);
+                return -ENOMEM;
+        }
+
+        r = sd_event_add_time_relative(c->event, &timer, CLOCK_MONOTONIC, limit, 0, cached_expired, cc);
+        if (r < 0) {
+                cached_free(cc);
+                return r;
+        }
+        r = sd_event_source_set_destroy_callback(timer, cached_destroy);
+        if (r < 0) {
+                sd_event_source_unref(timer);
+                cached_free(cc);
+                return r;
+        }
+        /* From here on freeing the timer frees cc. */
+        r = sd_event_source_set_floating(timer, true);
+        sd_event_source_unref(timer);
+        if (r < 0)
+                return r;
+
+        /* Idle, the fd is on no loop; the job that takes it adds it to its own. */
+        c->io = sd_event_source_disable_unref(c->io);
+        (void) sd_event_now(c->event, CLOCK_MONOTONIC, &now);
+
+        pthread_mutex_lock(&cache_lock);
+        cc->fd = TAKE_FD(c->fd);
+        cc->tls = TAKE_PTR(c->tls);
+        cc->idle_since = now;
+        cc->linked = true;
+        cc->next = cache_list;
+        cache_list = cc;
+        cache_size++;
+        pthread_mutex_unlock(&cache_lock);
+
+        c->tls_up = false;
+        c->tls_read_events = c->tls_write_events = 0;
+        return 0;
+}
+
+/* The last reply is consumed: keep the connection for the next job, or
+ * QUIT as usual. */
+static int client_idle(Client *c) {
+        int r;
+
+        r = client_cache_put(c);
+        if (r >= 0) {
+                client_finish(c);
+                return 0;
+        }
+        r = client_send(c, "QUIT\r\n");
+        if (r < 0)
+                return r;
+        c->state = CLIENT_QUIT;
+        return client_arm_timer(c, c->job->command_timeout);
+}
+
+/* Takes a cached connection that fits the job and sends RSET on it.
+ * Returns 1 when one was taken, 0 to connect as usual. */
+static int client_cache_take(Client *c) {
+        DeliveryJob *j = c->job;
+        uint64_t limit = atomic_load(&cache_time_limit), now, opened_dcid = 0;
+        CachedConnection *cc;
+        size_t target = 0;
+        int r;
+
+        if (limit == 0 || j->probe)
+                return 0;
+        (void) sd_event_now(c->event, CLOCK_MONOTONIC, &now);
+
+        pthread_mutex_lock(&cache_lock);
+        for (cc = cache_list; cc; cc = cc->next) {
+                /* Past its time but its loop has not got round to it yet. */
+                if (now > cc->idle_since && now - cc->idle_since >= limit)
+                        continue;
+                if (!strcaseeq(cc->domain, j->domain) || !streq(cc->helo_name, j->helo_name) ||
+                    cc->tls_mode != j->tls_mode || cc->tls_ctx != j->tls_ctx)
+                        continue;
+                /* The per-connection message limit counts every job on it. */
+                if (j->connection_message_limit > 0 &&
+                    (uint64_t) cc->messages + j->n_messages > j->connection_message_limit)
+                        continue;
+                for (target = 0; target < j->n_targets; target++)
+                        if (cached_matches_target(cc, j->targets + target))
+                                break;
+                if (target < j->n_targets)
+                        break;
+        }
+        if (cc) {
+                /* Copied while linked: once unlocked its loop may free cc. */
+                cache_unlink_locked(cc);
+                c->fd = TAKE_FD(cc->fd);
+                c->tls = TAKE_PTR(cc->tls);
+                c->target = target;
+                memcpy(c->peer, cc->peer, sizeof(c->peer));
+                memcpy(c->iface, cc->iface, sizeof(c->iface));
+                c->pipelining = cc->pipelining;
+                c->size_max = cc->size_max;
+                c->tls_verified = cc->tls_verified;
+                c->tls_verify_detail = TAKE_PTR(cc->tls_verify_detail);
+                opened_dcid = cc->dcid;
+                c->conn_messages = cc->messages;
+        }
+        pthread_mutex_unlock(&cache_lock);
+        if (!cc)
+                return 0;
+
+        c->opened_dcid = opened_dcid;
+        c->tls_up = !!c->tls;
+        r = sd_event_add_io(c->event, &c->io, c->fd, EPOLLIN, client_io, c);
+        if (r < 0) {
+                client_close_connection(c);
+                c->opened_dcid = 0;
+                c->target = 0;
+                return 0;
+        }
+        j->tls_used = c->tls_up;
+        j->ktls_tx = c->tls && tls_session_ktls_tx(c->tls);
+        j->ktls_rx = c->tls && tls_session_ktls_rx(c->tls);
+
+        log_dcid_reused(j->dcid, opened_dcid, j->domain, c->iface[0] ? c->iface : "unknown", c->peer,
+                        sockaddr_port((const struct sockaddr *) &client_target(c)->addr), client_host(c));
+        if (c->tls_up)
+                log_dcid_tls(j->dcid, tls_session_protocol(c->tls) ?: "unknown", tls_session_cipher(c->tls) ?: "unknown",
+                             j->ktls_tx, j->ktls_rx, c->tls_verified, c->tls_verify_detail);
+
+        /* The last transaction on it ended; RSET shows the server is still
+         * there and in step before MAIL (RFC 5321 4.1.1.5). */
+        r = client_send(c, "RSET\r\n");
+        if (r >= 0)
+                r = client_arm_timer(c, j->command_timeout);
+        if (r < 0)
+                return r;
+        c->state = CLIENT_REUSE;
+        r = client_update_io(c);
+        return r < 0 ? r : 1;
+}
+
+/* The cached connection is dead or out of step. Keeping it was only a
+ * shortcut: close it and connect as any job would, with no error logged
+ * or counted against the target. */
+static int client_reuse_failed(Client *c, const char *why) {
+        log_debug("DCID %" PRIu64 ": connection of DCID %" PRIu64 " to %s[%s] not reusable (%s), connecting",
+                  c->job->dcid, c->opened_dcid, client_host(c), c->peer, why);
+        client_close_connection(c);
+        c->opened_dcid = 0;
+        c->job->tls_used = c->job->ktls_tx = c->job->ktls_rx = false;
+        c->target = 0;
+        return client_connect_next(c);
+}
+
+/* ---- connect ---- */
 
 /* A probe starts over on each target: what it reports is the last one. */
 static int client_probe_target(Client *c) {
@@ -671,8 +1045,11 @@ static int client_connect_next(Client *c) {
                 _cleanup_close_ int fd = -EBADF;
 
                 c->iface[0] = '\0';
-                c->began = c->need_rset = c->pipelining = c->greeted = false;
+                c->began = c->need_rset = c->pipelining = c->greeted = c->unclean = false;
                 c->size_max = 0;
+                c->opened_dcid = 0;
+                c->tls_verified = -1;
+                c->tls_verify_detail = mfree(c->tls_verify_detail);
                 (void) sockaddr_to_string((const struct sockaddr *) &t->addr, c->peer, sizeof(c->peer));
                 if (j->probe) {
                         r = client_probe_target(c);
@@ -893,6 +1270,12 @@ static int client_next_message(Client *c) {
                 c->msg++;
 
         if (c->msg >= j->n_messages) {
+                /* Decided once the reply that brought us here is consumed
+                 * (client_process_input): nothing else may be pending. */
+                if (client_may_cache(c)) {
+                        c->state = CLIENT_IDLE;
+                        return 0;
+                }
                 r = client_send(c, "QUIT\r\n");
                 if (r < 0)
                         return r;
@@ -1065,6 +1448,12 @@ static int client_tls_established(Client *c) {
                 }
                 verified = !failure;
         }
+        /* Kept for the log lines of the jobs that reuse the connection. */
+        c->tls_verified = verified;
+        free(c->tls_verify_detail);
+        c->tls_verify_detail = detail ? strdup(detail) : NULL;
+        if (detail && !c->tls_verify_detail)
+                return -ENOMEM;
         log_dcid_tls(j->dcid, tls_session_protocol(c->tls) ?: "unknown", tls_session_cipher(c->tls) ?: "unknown",
                      j->ktls_tx, j->ktls_rx, verified, detail);
 
@@ -1198,6 +1587,15 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
         if (!text)
                 return -ENOMEM;
 
+        if (c->state == CLIENT_REUSE) {
+                if (reply->code >= 200 && reply->code < 300)
+                        return client_next_message(c);
+                return client_reuse_failed(c, text);
+        }
+        /* A connection that carried an error is not kept for later jobs. */
+        if (reply->code >= 400 && (c->state == CLIENT_TRANSACTION || c->state == CLIENT_DOT || c->state == CLIENT_RSET))
+                c->unclean = true;
+
         /* RFC 5321 3.8: 421 means the server is closing the channel,
          * whatever the command was. */
         if (reply->code == 421 && c->state != CLIENT_QUIT) {
@@ -1281,6 +1679,7 @@ static int client_handle_reply(Client *c, const SmtpReply *reply) {
                 /* The transaction is over either way (RFC 5321 4.1.1.4). */
                 c->need_rset = false;
                 c->msg++;
+                c->conn_messages++;
                 return client_next_message(c);
 
         case CLIENT_RSET:
@@ -1309,6 +1708,7 @@ static bool client_expects_reply(Client *c) {
         case CLIENT_STARTTLS:
         case CLIENT_DOT:
         case CLIENT_RSET:
+        case CLIENT_REUSE:
         case CLIENT_QUIT:
                 return true;
         case CLIENT_TRANSACTION:
@@ -1336,11 +1736,13 @@ static int client_process_input(Client *c) {
                 r = client_handle_reply(c, &reply);
                 if (r < 0)
                         return r;
-                if (c->state == CLIENT_FINISHED || c->target != target)
+                if (c->state == CLIENT_FINISHED || c->state == CLIENT_CONNECTING || c->target != target)
                         return 0;
                 buf_consume(&c->in, consume);
                 if (c->state == CLIENT_TLS_START)
                         return client_tls_start(c);
+                if (c->state == CLIENT_IDLE)
+                        return client_idle(c);
         }
         return 0;
 }
@@ -1559,6 +1961,15 @@ int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done,
                 client_free(c);
                 return r;
         }
+
+        c->tls_verified = -1;
+        r = client_cache_take(c);
+        if (r < 0) {
+                client_free(c);
+                return r;
+        }
+        if (r > 0)
+                return 0;
 
         /* Failures to connect become deferrals; done() still runs from the
          * loop, so the first attempt goes through a defer source too. */

@@ -14,6 +14,12 @@
  * status: DELIVERED, DEFERRED (4xx, timeouts, connection failures) or
  * FAILED (5xx), plus the reply text. Logs DCID events through log.h.
  * Runs on the caller's sd-event loop; never blocks.
+ *
+ * A job that ends cleanly leaves its connection idle in a process-wide
+ * cache for a short time instead of QUIT; a later job for the same domain,
+ * HELO name, TLS mode and SSL_CTX with the same target takes it (RSET,
+ * then MAIL; no new connect, EHLO or handshake). Idle connections are
+ * closed on expiry and when the loop that cached them is freed.
  */
 
 #include <netinet/in.h>
@@ -79,6 +85,10 @@ typedef struct DeliveryJob {
         size_t n_targets;
         DeliveryMessage *messages;
         size_t n_messages;
+        /* Messages one connection may carry in all, across the jobs
+         * that reuse it (the destination's max_messages_per_connection);
+         * 0: no limit. */
+        uint32_t connection_message_limit;
         uint64_t connect_timeout;       /* usec */
         uint64_t command_timeout;       /* usec, RFC 5321 4.5.3.2 */
         uint64_t data_timeout;          /* usec for the reply to "." */
@@ -143,3 +153,8 @@ typedef void (*smtp_client_done_fn_t)(DeliveryJob *job, void *userdata);
 /* Starts the delivery; done() runs on the same loop when every recipient
  * has a final status for this attempt. The job stays owned by the caller. */
 int smtp_client_start(sd_event *e, DeliveryJob *job, smtp_client_done_fn_t done, void *userdata);
+
+/* How long an idle connection is kept for the next job (usec; the default
+ * is 2 s, 0 turns the cache off: every job ends with QUIT). Applies to
+ * connections cached from then on. */
+void smtp_client_set_cache_time_limit(uint64_t usec);

@@ -5,8 +5,10 @@
  * Worker threads: one per core, each with its own sd-event loop, running
  * inbound SMTP sessions and outbound delivery jobs. Nothing is shared
  * between threads except through Mailboxes (closures run on the owner's
- * loop), the thread-safe Spool, the journal, and reference-counted
- * immutable Config objects.
+ * loop), the thread-safe Spool, the journal, reference-counted immutable
+ * Config objects, and smtp-client's cache of idle delivery connections
+ * (mutex-protected; an idle connection is on no loop, and each loop closes
+ * what it cached when it is freed in worker_free()).
  *
  * Main -> worker: worker_add_session(), worker_add_job(), worker_drain(),
  * worker_abort(). Worker -> main (posted to manager->mailbox):

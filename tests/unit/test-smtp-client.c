@@ -12,6 +12,11 @@
  * Every outbound TLS mode meets every peer behaviour (trusted, untrusted and
  * wrong-name certificates, no STARTTLS, STARTTLS refused, a handshake that
  * fails after the 220, no ESMTP), each a real session.
+ *
+ * The connection cache is off for the cases above (each ends with QUIT, as
+ * they check); the cache cases turn it on and run jobs one after another on
+ * one loop against a peer that serves each connection in its own process
+ * and records every accept.
  */
 
 #include <arpa/inet.h>
@@ -70,6 +75,8 @@ typedef struct PeerScript {
         PeerTls tls;
         const char *cert, *key;         /* in pkidir; the chain is cert_chain */
         const char *cert_chain;         /* NULL: send the leaf only */
+        bool fork_sessions;             /* each connection in its own process, concurrently */
+        bool close_after_dot;           /* hang up after the reply to "." */
 } PeerScript;
 
 static const char *EHLO_PIPE = "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n";
@@ -235,6 +242,8 @@ static void peer_session(int fd, const PeerScript *s, SSL_CTX *ctx, unsigned *rc
                                         return;
                                 }
                                 put(fd, s->dot);
+                                if (s->close_after_dot)
+                                        return;
                                 continue;
                         }
 
@@ -317,6 +326,23 @@ static pid_t peer_start(const PeerScript *s, uint16_t *ret_port) {
                         int fd = accept(lfd, NULL, NULL);
                         if (fd < 0)
                                 _exit(1);
+                        append_file("accepts", "accept\n", 7);
+                        if (s->fork_sessions) {
+                                pid_t child = fork();
+
+                                if (child < 0)
+                                        _exit(1);
+                                if (child > 0) {
+                                        close(fd);
+                                        continue;
+                                }
+                                close(lfd);
+                                alarm(20);
+                                peer_session(fd, s, ctx, &rcpt_i, &data_i);
+                                if (peer_ssl)
+                                        (void) SSL_shutdown(peer_ssl);
+                                _exit(0);
+                        }
                         peer_session(fd, s, ctx, &rcpt_i, &data_i);
                         if (peer_ssl) {
                                 (void) SSL_shutdown(peer_ssl);
@@ -326,6 +352,8 @@ static pid_t peer_start(const PeerScript *s, uint16_t *ret_port) {
                         close(fd);
                 }
                 SSL_CTX_free(ctx);
+                while (s->fork_sessions && wait(NULL) > 0)
+                        ;
                 _exit(0);
         }
         close(lfd);
@@ -1184,11 +1212,288 @@ static void test_smtp_sink(void) {
         (void) rmdir(dir);
 }
 
+/* ---- connection cache ---- */
+
+static bool cache_job_done;
+
+static void on_cache_done(DeliveryJob *job, void *userdata) {
+        cache_job_done = true;
+}
+
+/* Runs the job on a loop that lives on (the cache's timers are on it). */
+static int run_job_on(sd_event *e, DeliveryJob *j) {
+        uint64_t deadline = 0;
+        int r;
+
+        cache_job_done = false;
+        r = smtp_client_start(e, j, on_cache_done, NULL);
+        if (r < 0)
+                return r;
+        (void) sd_event_now(e, CLOCK_MONOTONIC, &deadline);
+        deadline += TEST_TIMEOUT_USEC;
+        while (!cache_job_done) {
+                uint64_t now = 0;
+
+                r = sd_event_run(e, 100 * USEC_PER_MSEC);
+                if (r < 0)
+                        return r;
+                (void) sd_event_now(e, CLOCK_MONOTONIC, &now);
+                if (now > deadline)
+                        return -ETIME;
+        }
+        return 0;
+}
+
+/* Runs the loop for a while with no job: the cache's expiry timers fire. */
+static void run_loop_for(sd_event *e, uint64_t usec) {
+        struct timespec ts;
+        uint64_t end, now;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        end = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000 + usec;
+        do {
+                (void) sd_event_run(e, 20 * USEC_PER_MSEC);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                now = (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+        } while (now < end);
+}
+
+static size_t peer_accepts(void) {
+        _cleanup_free_ char *a = read_file("accepts", NULL);
+        return a ? count_lines(a, strlen(a)) : 0;
+}
+
+static size_t count_str(const char *hay, const char *needle) {
+        size_t n = 0;
+
+        for (const char *p = hay; p && (p = strstr(p, needle)); p += strlen(needle))
+                n++;
+        return n;
+}
+
+/* The peer's sessions end on their own time: wait until `text` shows up
+ * `n` times in the peer's command log. */
+static bool peer_wait_cmds(const char *text, size_t n) {
+        for (int i = 0; i < 300; i++) {
+                _cleanup_free_ char *cmds = read_file("cmds", NULL);
+
+                if (count_str(cmds, text) >= n)
+                        return true;
+                usleep(10000);
+        }
+        return false;
+}
+
+static bool job_delivered(const DeliveryJob *j) {
+        for (size_t m = 0; m < j->n_messages; m++)
+                for (size_t k = 0; k < j->messages[m].n_rcpts; k++)
+                        if (j->messages[m].rcpts[k].status != DELIVERY_DELIVERED)
+                                return false;
+        return true;
+}
+
+static PeerScript cache_peer(void) {
+        return (PeerScript) { .greeting = "220 peer.test ESMTP\r\n", .ehlo = EHLO_PIPE,
+                              .dot = "250 2.0.0 Ok: queued\r\n", .connections = 8, .fork_sessions = true };
+}
+
+static DeliveryJob *cache_job(uint16_t port, uint64_t mid) {
+        const char *rc[] = { "r1@peer.test" };
+        DeliveryJob *j = job_new(&port, 1, 1);
+
+        message_set(j->messages, mid, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+        return j;
+}
+
+static void test_cache_reuse(void) {
+        PeerScript s = cache_peer();
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        DeliveryJob *j1 = cache_job(port, 100), *j2 = cache_job(port, 101);
+        is_int(run_job_on(e, j1), 0, "cache: first job runs");
+        ok(job_delivered(j1), "cache: first job delivered");
+        is_int(run_job_on(e, j2), 0, "cache: second job runs");
+        ok(job_delivered(j2), "cache: second job delivered");
+        is_int((int) peer_accepts(), 1, "cache: one TCP connection for both jobs");
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        is_int((int) count_str(cmds, "EHLO"), 1, "cache: one EHLO");
+        is_int((int) count_str(cmds, "MAIL FROM"), 2, "cache: two transactions");
+        ok(cmds && strstr(cmds, "RSET") && strstr(cmds, "RSET") < strstr(strstr(cmds, "MAIL FROM") + 1, "MAIL FROM"),
+           "cache: RSET before the second MAIL");
+        ok(cmds && !strstr(cmds, "QUIT"), "cache: no QUIT while idle");
+        /* Freeing the loop closes what it cached, with QUIT. */
+        sd_event_unref(e);
+        ok(peer_wait_cmds("QUIT", 1), "cache: QUIT when the loop goes away");
+        peer_stop(pid);
+        delivery_job_free(j1);
+        delivery_job_free(j2);
+        clean_workdir();
+}
+
+static void test_cache_tls(void) {
+        PeerScript s = cache_peer();
+        const char *rc[] = { "r1@peer.test" };
+        uint16_t port;
+        DeliveryJob *j[2];
+
+        if (!client_ctx) {
+                tap_skip("cache: STARTTLS", "no test PKI");
+                return;
+        }
+        s.ehlo = EHLO_STARTTLS_TEXT;
+        s.starttls = STARTTLS_GO;
+        s.cert = "server-ec.pem";
+        s.key = "server-ec.key";
+        s.cert_chain = "intermediate.pem";
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        for (size_t i = 0; i < 2; i++) {
+                j[i] = tls_job_new(&port, 1, TLS_OUT_REQUIRED_VERIFY);
+                message_set(j[i]->messages, 110 + i, "s@src.test", MSG1, strlen(MSG1), rc, 1);
+                is_int(run_job_on(e, j[i]), 0, "cache TLS: job %zu runs", i);
+                ok(job_delivered(j[i]), "cache TLS: job %zu delivered", i);
+                ok(j[i]->tls_used && !j[i]->tls_failure, "cache TLS: job %zu reports TLS", i);
+        }
+        is_int((int) peer_accepts(), 1, "cache TLS: one TCP connection");
+        _cleanup_free_ char *cmds = read_file("cmds", NULL);
+        is_int((int) count_str(cmds, "STARTTLS"), 1, "cache TLS: one STARTTLS, one handshake");
+        ok(cmds && strstr(cmds, "[tls] RSET"), "cache TLS: RSET inside TLS");
+        is_int((int) count_str(cmds, "[tls] MAIL FROM"), 2, "cache TLS: both transactions inside TLS");
+        sd_event_unref(e);
+        ok(peer_wait_cmds("[tls] QUIT", 1), "cache TLS: QUIT inside TLS when the loop goes away");
+        peer_stop(pid);
+        for (size_t i = 0; i < 2; i++)
+                delivery_job_free(j[i]);
+        clean_workdir();
+}
+
+static void test_cache_peer_closed(void) {
+        PeerScript s = cache_peer();
+        uint16_t port;
+
+        s.close_after_dot = true;
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        DeliveryJob *j1 = cache_job(port, 120), *j2 = cache_job(port, 121);
+        is_int(run_job_on(e, j1), 0, "cache closed: first job runs");
+        ok(job_delivered(j1), "cache closed: first job delivered");
+        usleep(50000);          /* the peer's FIN arrives */
+        is_int(run_job_on(e, j2), 0, "cache closed: second job runs");
+        ok(job_delivered(j2), "cache closed: second job delivered on a new connection");
+        is_int((int) peer_accepts(), 2, "cache closed: two connections");
+        sd_event_unref(e);
+        peer_stop(pid);
+        delivery_job_free(j1);
+        delivery_job_free(j2);
+        clean_workdir();
+}
+
+static void test_cache_no_match(void) {
+        PeerScript s = cache_peer();
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+        SSL_CTX *other = SSL_CTX_new(TLS_client_method());
+
+        if (sd_event_new(&e) < 0 || !other)
+                abort();
+        DeliveryJob *j1 = cache_job(port, 130), *j2 = cache_job(port, 131), *j3 = cache_job(port, 132);
+        free(j2->domain);
+        j2->domain = strdup("other.test");
+        /* Same mode (none), another context: another destination's settings. */
+        j3->tls_ctx = other;
+        is_int(run_job_on(e, j1), 0, "cache no match: first job runs");
+        is_int(run_job_on(e, j2), 0, "cache no match: other domain runs");
+        is_int(run_job_on(e, j3), 0, "cache no match: other TLS context runs");
+        ok(job_delivered(j1) && job_delivered(j2) && job_delivered(j3), "cache no match: all delivered");
+        is_int((int) peer_accepts(), 3, "cache no match: a connection each");
+        sd_event_unref(e);
+        ok(peer_wait_cmds("QUIT", 3), "cache no match: every cached connection closed with QUIT");
+        peer_stop(pid);
+        delivery_job_free(j1);
+        delivery_job_free(j2);
+        delivery_job_free(j3);
+        clean_workdir();
+}
+
+static void test_cache_expiry(void) {
+        PeerScript s = cache_peer();
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        smtp_client_set_cache_time_limit(200 * USEC_PER_MSEC);
+        DeliveryJob *j1 = cache_job(port, 140), *j2 = cache_job(port, 141);
+        is_int(run_job_on(e, j1), 0, "cache expiry: first job runs");
+        run_loop_for(e, 600 * USEC_PER_MSEC);
+        ok(peer_wait_cmds("QUIT", 1), "cache expiry: idle connection closed with QUIT after the limit");
+        is_int(run_job_on(e, j2), 0, "cache expiry: second job runs");
+        ok(job_delivered(j1) && job_delivered(j2), "cache expiry: both delivered");
+        is_int((int) peer_accepts(), 2, "cache expiry: the second job connected anew");
+        sd_event_unref(e);
+        peer_stop(pid);
+        delivery_job_free(j1);
+        delivery_job_free(j2);
+        clean_workdir();
+}
+
+/* max_messages_per_connection counts every job on a connection: with a
+ * limit of 2, the third single-message job opens a new one. */
+static void test_cache_message_limit(void) {
+        PeerScript s = cache_peer();
+        uint16_t port;
+        pid_t pid = peer_start(&s, &port);
+        sd_event *e = NULL;
+        DeliveryJob *j[3];
+        bool delivered = true;
+
+        if (sd_event_new(&e) < 0)
+                abort();
+        for (size_t i = 0; i < ELEMENTSOF(j); i++) {
+                j[i] = cache_job(port, 150 + i);
+                j[i]->connection_message_limit = 2;
+                is_int(run_job_on(e, j[i]), 0, "cache limit: job %zu runs", i);
+                delivered = delivered && job_delivered(j[i]);
+        }
+        ok(delivered, "cache limit: all delivered");
+        is_int((int) peer_accepts(), 2, "cache limit: two messages on the first connection, then a new one");
+        ok(peer_wait_cmds("QUIT", 1), "cache limit: the full connection ended with QUIT, not cached");
+        sd_event_unref(e);
+        peer_stop(pid);
+        for (size_t i = 0; i < ELEMENTSOF(j); i++)
+                delivery_job_free(j[i]);
+        clean_workdir();
+}
+
+static void test_cache(void) {
+        smtp_client_set_cache_time_limit(2 * USEC_PER_SEC);
+        test_cache_reuse();
+        test_cache_tls();
+        test_cache_peer_closed();
+        test_cache_no_match();
+        test_cache_expiry();
+        test_cache_message_limit();
+        smtp_client_set_cache_time_limit(0);
+}
+
 int main(void) {
         /* The daemon ignores SIGPIPE; so must the test (sendfile(2)). */
         signal(SIGPIPE, SIG_IGN);
         if (!mkdtemp(workdir))
                 return 77;
+        smtp_client_set_cache_time_limit(0);
 
         test_pipelined_delivery();
         test_rcpt_statuses();
@@ -1203,6 +1508,7 @@ int main(void) {
         test_pipelined_no_rcpt();
         test_smtp_sink();
         test_tls();
+        test_cache();
         pki_cleanup();
 
         clean_workdir();
