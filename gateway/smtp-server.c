@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -226,6 +227,23 @@ static void session_end(SmtpServer *s, const char *reason) {
         smtp_server_free(s);
 }
 
+/* Whether input is waiting in the socket (or the check failed: then
+ * assume so and let a read find out). */
+static bool socket_has_input(int fd) {
+        int n = 0;
+
+        return ioctl(fd, FIONREAD, &n) < 0 || n > 0;
+}
+
+/* After a read that returned data: nothing left means no read until the
+ * next edge. Finding that out by reading to EAGAIN would cost a read per
+ * turn and, with TLS, make OpenSSL allocate its record buffer again for
+ * every idle session. */
+static void session_note_drained(SmtpServer *s) {
+        if (!socket_has_input(s->fd) && (!s->tls || tls_session_pending(s->tls) == 0))
+                s->readable = false;
+}
+
 /* Plain socket or TLS: the state machine does not care which. */
 static ssize_t session_read(SmtpServer *s) {
         ssize_t n;
@@ -235,6 +253,8 @@ static ssize_t session_read(SmtpServer *s) {
                 n = buf_read_fd(&s->in, s->fd, SESSION_READ_CHUNK);
                 if (n == -EAGAIN)
                         s->readable = false;
+                else if (n > 0)
+                        session_note_drained(s);
                 return n;
         }
 
@@ -247,6 +267,7 @@ static ssize_t session_read(SmtpServer *s) {
         if (n > 0) {
                 buf_commit(&s->in, (size_t) n);
                 s->tls_events = 0;
+                session_note_drained(s);
         } else if (n == -EAGAIN)
                 /* The socket ran dry, or OpenSSL waits to write: either
                  * way an event brings us back. */
@@ -821,6 +842,8 @@ static void session_handshake(SmtpServer *s) {
         }
 
         s->tls_events = 0;
+        /* The client's EHLO may be in already; if not, its edge is to come. */
+        session_note_drained(s);
         if (mode == TLS_IN_PREFERRED_VERIFY || mode == TLS_IN_REQUIRED_VERIFY)
                 peer_cert = tls_session_peer_verified(s->tls) ? 1 : 0;
         log_icid_tls(s->setup->icid, tls_session_protocol(s->tls), tls_session_cipher(s->tls),
@@ -950,6 +973,10 @@ static int on_io(sd_event_source *src, int fd, uint32_t revents, void *userdata)
                         return 0;
                 n = session_read(s);
                 if (n == -EAGAIN || n == -ENOBUFS) {
+                        /* The read reserved room that nothing filled: an
+                         * idle session keeps only a small buffer. */
+                        if (buf_empty(&s->in))
+                                buf_shrink(&s->in, SESSION_BUF_KEEP);
                         session_update_io(s);
                         return 0;
                 }
