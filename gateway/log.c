@@ -365,17 +365,23 @@ static const char *format_rids(const uint32_t *rids, size_t n, char *buf, size_t
         return buf;
 }
 
+/* The fields of a delivery connection's peer, new or reused. */
+static void entry_add_dcid_peer(LogEntry *e, const char *domain, const char *address, uint16_t port,
+                                const char *host) {
+        entry_add(e, "TLSGW_DOMAIN=%s", domain);
+        entry_add(e, "TLSGW_REMOTE_IP=%s", address);
+        entry_add(e, "TLSGW_REMOTE_PORT=%u", port);
+        if (host)
+                entry_add(e, "TLSGW_REMOTE_HOST=%s", host);
+}
+
 void log_dcid_new(uint64_t dcid, const char *domain, const char *interface_addr,
                   const char *address, uint16_t port, const char *host) {
         LogEntry e;
 
         entry_begin(&e, LOG_INFO, LOG_MESSAGE_ID_DCID_NEW);
         entry_add(&e, "TLSGW_DCID=%" PRIu64, dcid);
-        entry_add(&e, "TLSGW_DOMAIN=%s", domain);
-        entry_add(&e, "TLSGW_REMOTE_IP=%s", address);
-        entry_add(&e, "TLSGW_REMOTE_PORT=%u", port);
-        if (host)
-                entry_add(&e, "TLSGW_REMOTE_HOST=%s", host);
+        entry_add_dcid_peer(&e, domain, address, port, host);
         entry_message(&e, "New SMTP DCID %" PRIu64 " interface %s address %s port %u",
                       dcid, interface_addr, address, port);
         entry_submit(&e);
@@ -388,11 +394,7 @@ void log_dcid_reused(uint64_t dcid, uint64_t opened_dcid, const char *domain, co
         entry_begin(&e, LOG_INFO, LOG_MESSAGE_ID_DCID_REUSED);
         entry_add(&e, "TLSGW_DCID=%" PRIu64, dcid);
         entry_add(&e, "TLSGW_REUSED_DCID=%" PRIu64, opened_dcid);
-        entry_add(&e, "TLSGW_DOMAIN=%s", domain);
-        entry_add(&e, "TLSGW_REMOTE_IP=%s", address);
-        entry_add(&e, "TLSGW_REMOTE_PORT=%u", port);
-        if (host)
-                entry_add(&e, "TLSGW_REMOTE_HOST=%s", host);
+        entry_add_dcid_peer(&e, domain, address, port, host);
         entry_message(&e, "DCID %" PRIu64 " reusing connection of DCID %" PRIu64 " interface %s address %s port %u",
                       dcid, opened_dcid, interface_addr, address, port);
         entry_submit(&e);

@@ -96,11 +96,10 @@ static int name_to_number(const char *name, const char *suffix, uint64_t *ret, b
         return 0;
 }
 
-static int dir_clear(int fd) {
+/* A stream over the directory fd refers to, which stays open and ours. */
+static int dir_open(int fd, DIR **ret) {
         _cleanup_close_ int dfd = -EBADF;
         DIR *d;
-        struct dirent *de;
-        int r = 0;
 
         dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
@@ -109,6 +108,18 @@ static int dir_clear(int fd) {
         if (!d)
                 return -errno;
         TAKE_FD(dfd);
+        *ret = d;
+        return 0;
+}
+
+static int dir_clear(int fd) {
+        DIR *d;
+        struct dirent *de;
+        int r;
+
+        r = dir_open(fd, &d);
+        if (r < 0)
+                return r;
 
         while ((de = readdir(d))) {
                 if (streq(de->d_name, ".") || streq(de->d_name, ".."))
@@ -149,19 +160,13 @@ static bool number_list_has(const NumberList *l, uint64_t v) {
 static int dir_scan(int fd, const char *suffix, NumberList *ret) {
         _cleanup_free_ uint64_t *orphans_v = NULL;
         NumberList plain = {}, suffixed = {};
-        int dfd;
         DIR *d;
         struct dirent *de;
-        int r = 0;
+        int r;
 
-        dfd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-                return -errno;
-        d = fdopendir(dfd);
-        if (!d) {
-                safe_close(dfd);
-                return -errno;
-        }
+        r = dir_open(fd, &d);
+        if (r < 0)
+                return r;
         while ((de = readdir(d))) {
                 uint64_t v;
                 bool has_suffix;
