@@ -150,6 +150,7 @@ struct SpoolWriter {
         uint64_t data_size;
         size_t header_size;
         size_t size_offset;                     /* of the size field, in the header */
+        size_t inline_max;                      /* the spool's, when the writer started */
         bool broken;                            /* a write failed: commit refuses */
 
         /* In memory: a RecordHead, the header, the data so far. */

@@ -737,7 +737,7 @@ static int writer_reserve(SpoolWriter *w, size_t n) {
 int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
         _cleanup_free_ SpoolWriter *w = NULL;
         _cleanup_free_ char *header = NULL;
-        size_t hlen, size_offset, inline_max;
+        size_t hlen, size_offset;
         int r;
 
         if (!s || !env || !ret || env->mid == 0 || env->n_rcpts == 0 || !env->rcpts)
@@ -764,10 +764,11 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
         memcpy(w->mem + sizeof(RecordHead), header, hlen);
         w->mem_len = sizeof(RecordHead) + hlen;
 
+        /* Read once: every chunk of DATA would take the lock otherwise. */
         pthread_mutex_lock(&s->index_lock);
-        inline_max = s->inline_max;
+        w->inline_max = s->inline_max;
         pthread_mutex_unlock(&s->index_lock);
-        if (hlen > inline_max) {
+        if (hlen > w->inline_max) {
                 r = writer_spill(w);
                 if (r < 0) {
                         free(w->mem);
@@ -780,18 +781,13 @@ int spool_writer_new(Spool *s, const Envelope *env, SpoolWriter **ret) {
 }
 
 int spool_writer_write(SpoolWriter *w, const void *p, size_t n) {
-        size_t inline_max;
         int r;
 
         if (w->broken)
                 return -EIO;
 
         if (w->fd < 0) {
-                pthread_mutex_lock(&w->spool->index_lock);
-                inline_max = w->spool->inline_max;
-                pthread_mutex_unlock(&w->spool->index_lock);
-
-                if (w->mem_len - sizeof(RecordHead) + n <= inline_max) {
+                if (w->mem_len - sizeof(RecordHead) + n <= w->inline_max) {
                         r = writer_reserve(w, n);
                         if (r < 0)
                                 goto fail;
