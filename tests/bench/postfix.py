@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""A private Postfix instance for the benchmark (Python standard library only).
+"""A private Postfix instance (Python standard library only), for the
+benchmark and for the integration test that runs tlsgwd against Postfix.
 
 What it does: writes its own main.cf and master.cf (its own config,
 queue and data directories under a work directory, smtpd on a loopback
 port, no chroot, logging through postlogd into a file), relays every
-message for the bench domain to [127.0.0.1]:sink_port in plain text, and
-starts it with `postfix -c DIR start` so that the master and every child
-it ever forks land in a given cgroup (the benchmark's CPU and memory
+message for its relay domains to [127.0.0.1]:relayhost_port in plain text
+(unless a transport map or an extra service says otherwise), and starts
+it with `postfix -c DIR start`, optionally so that the master and every
+child it ever forks land in a given cgroup (the benchmark's CPU and memory
 accounting covers the whole process tree).
 
 The tuning is the fair one an administrator would use for a relay under
@@ -99,12 +101,18 @@ def _alive(pid):
 
 
 class Postfix:
-        """One private instance in workdir/postfix."""
+        """One private instance in workdir/name.
 
-        def __init__(self, workdir, port, sink_port, domain, key, cert, chain=None,
+        relay_domains: what smtpd accepts for relaying; key/cert/chain: the
+        smtpd certificate (STARTTLS offered when given); transports: a
+        transport map {domain: "service:[host]:port"}; services: extra
+        master.cf lines; main_extra: more main.cf settings (they win)."""
+
+        def __init__(self, workdir, port, relayhost_port, relay_domains, key=None, cert=None, chain=None,
+                     name="postfix", hostname="pf.bench", transports=None, services="", main_extra=None,
                      process_limit=1100, message_size_limit=64 * 1024 * 1024):
                 self.port = port
-                self.dir = os.path.join(workdir, "postfix")
+                self.dir = os.path.join(workdir, name)
                 self.conf = os.path.join(self.dir, "conf")
                 self.queue = os.path.join(self.dir, "queue")
                 self.data = os.path.join(self.dir, "data")
@@ -115,26 +123,10 @@ class Postfix:
                         os.chmod(d, 0o755)
                 os.makedirs(self.data, exist_ok=True)
                 shutil.chown(self.data, MAIL_OWNER)
-                # smtpd reads the key after dropping privileges.
-                tlsdir = os.path.join(self.dir, "tls")
-                os.makedirs(tlsdir, exist_ok=True)
-                os.chmod(tlsdir, 0o755)
-                files = []
-                for name, src in (("key.pem", key), ("cert.pem", cert), ("chain.pem", chain)):
-                        if not src:
-                                continue
-                        dst = os.path.join(tlsdir, name)
-                        shutil.copyfile(src, dst)
-                        shutil.chown(dst, MAIL_OWNER)
-                        os.chmod(dst, 0o600 if name == "key.pem" else 0o644)
-                        files.append(dst)
-                # smtpd_tls_chain_files: the key, then the leaf, then its chain.
-                chain_file = os.path.join(tlsdir, "leaf-chain.pem")
-                with open(chain_file, "wb") as out:
-                        for f in files[1:]:
-                                with open(f, "rb") as src:
-                                        out.write(src.read())
-                os.chmod(chain_file, 0o644)
+                transport = os.path.join(self.conf, "transport")
+                with open(transport, "w") as f:
+                        for dom, dest in (transports or {}).items():
+                                f.write(f"{dom} {dest}\n")
                 main = {
                         "compatibility_level": "3.6",
                         "queue_directory": self.queue,
@@ -143,10 +135,10 @@ class Postfix:
                         "shlib_directory": "/usr/lib/postfix",
                         "mail_owner": MAIL_OWNER,
                         "setgid_group": "postdrop",
-                        "myhostname": "pf.bench",
-                        "mydomain": "pf.bench",
-                        "myorigin": "pf.bench",
-                        # Nothing local: the bench domain is relayed.
+                        "myhostname": hostname,
+                        "mydomain": hostname,
+                        "myorigin": hostname,
+                        # Nothing local: every domain is relayed.
                         "mydestination": "",
                         "local_recipient_maps": "",
                         "alias_maps": "",
@@ -154,13 +146,12 @@ class Postfix:
                         "inet_interfaces": "127.0.0.1",
                         "inet_protocols": "ipv4",
                         "mynetworks": "127.0.0.0/8",
-                        "relay_domains": domain,
+                        "relay_domains": " ".join(relay_domains),
                         "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
-                        "relayhost": f"[127.0.0.1]:{sink_port}",
+                        "transport_maps": "texthash:" + transport,
+                        "relayhost": f"[127.0.0.1]:{relayhost_port}",
                         "smtp_dns_support_level": "disabled",
                         "smtp_tls_security_level": "none",
-                        "smtpd_tls_security_level": "may",
-                        "smtpd_tls_chain_files": f"{files[0]}, {chain_file}",
                         # Postfix 3.4+: log into a file through postlogd.
                         "maillog_file": self.maillog,
                         "maillog_file_prefixes": self.dir,
@@ -179,11 +170,34 @@ class Postfix:
                         "mailbox_size_limit": "0",
                         "biff": "no",
                 }
+                if key and cert:
+                        main.update(self._install_tls(key, cert, chain))
+                main.update(main_extra or {})
                 with open(os.path.join(self.conf, "main.cf"), "w") as f:
                         for k, v in main.items():
                                 f.write(f"{k} = {v}\n")
                 with open(os.path.join(self.conf, "master.cf"), "w") as f:
-                        f.write(MASTER_CF.format(listen=f"127.0.0.1:{port}"))
+                        f.write(MASTER_CF.format(listen=f"127.0.0.1:{port}") + services)
+
+        def _install_tls(self, key, cert, chain):
+                """Copies the smtpd certificate where smtpd, which reads it after
+                dropping privileges, can; returns the main.cf settings."""
+                tlsdir = os.path.join(self.dir, "tls")
+                os.makedirs(tlsdir, exist_ok=True)
+                os.chmod(tlsdir, 0o755)
+                keyfile = os.path.join(tlsdir, "key.pem")
+                shutil.copyfile(key, keyfile)
+                shutil.chown(keyfile, MAIL_OWNER)
+                os.chmod(keyfile, 0o600)
+                # smtpd_tls_chain_files: the key, then the leaf, then its chain.
+                chain_file = os.path.join(tlsdir, "leaf-chain.pem")
+                with open(chain_file, "wb") as out:
+                        for src in (cert, chain):
+                                if src:
+                                        with open(src, "rb") as f:
+                                                out.write(f.read())
+                os.chmod(chain_file, 0o644)
+                return {"smtpd_tls_security_level": "may", "smtpd_tls_chain_files": f"{keyfile}, {chain_file}"}
 
         def _postfix(self, *args, cgroup_procs=None, timeout=60):
                 cmd = [POSTFIX, "-c", self.conf] + list(args)
@@ -230,12 +244,15 @@ class Postfix:
                 except (OSError, ValueError):
                         return None
 
-        def log_tail(self, n=1500):
+        def log(self):
                 try:
                         with open(self.maillog, errors="replace") as f:
-                                return f.read()[-n:]
+                                return f.read()
                 except OSError:
                         return ""
+
+        def log_tail(self, n=1500):
+                return self.log()[-n:]
 
         def errors_in_log(self):
                 """Lines of the maillog that say something went wrong."""

@@ -22,192 +22,57 @@ A host where Postfix cannot run says SKIP with the reason.
 
 import os
 import re
-import shutil
-import signal
-import subprocess
+import sys
 import time
 
 from harness import (Skip, Smtp, base_config, case, check, check_eq, diag, message, run, wait_until)
-import tlspeer
 from tlspeer import install_cert, p
 
-POSTFIX = "/usr/sbin/postfix"
-# Postfix programs run as this user (main.cf mail_owner) and need to read
-# their configuration, the PKI and their queue.
-MAIL_OWNER = "postfix"
-# How long Postfix may take from "postfix start" to an answering smtpd.
-POSTFIX_START_TIMEOUT = 15.0
+# The private instance is the benchmark's (tests/bench/postfix.py), with
+# more TLS logging, quick retries and a transport that enforces TLS.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+import postfix  # noqa: E402
 
-MASTER_CF = """\
-{smtpd_listen} inet n - n - - smtpd
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-tlsmgr unix - - n 1000? 1 tlsmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
+TLSGW_SERVICE = """\
 tlsgw unix - - n - - smtp
   -o smtp_tls_security_level=encrypt
   -o smtp_tls_loglevel=1
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-local unix - n n - - local
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
 """
+TEST_MAIN = {
+        "smtpd_tls_loglevel": "1",
+        "smtpd_tls_received_header": "yes",
+        "smtp_tls_loglevel": "1",
+        "queue_run_delay": "1s",
+        "minimal_backoff_time": "1s",
+        "maximal_backoff_time": "2s",
+}
 
 
-class Postfix:
-        """A private Postfix instance under workdir."""
+class Postfix(postfix.Postfix):
+        """The private instance as a test resource: SKIP where Postfix cannot
+        run, stopped when the case ends, its log searched by the checks."""
 
-        def __init__(self, ctx, port, relayhost_port, transports=None, relay_domains=("mx.test",),
-                     cert=None, key=None):
-                if not os.access(POSTFIX, os.X_OK):
-                        raise Skip(f"{POSTFIX} not installed")
-                try:
-                        import pwd
-                        pwd.getpwnam(MAIL_OWNER)
-                except KeyError:
-                        raise Skip(f"no user {MAIL_OWNER!r} for Postfix's mail_owner")
-                self.ctx = ctx
-                self.port = port
-                self.dir = os.path.join(ctx.workdir, f"postfix-{port}")
-                self.conf = os.path.join(self.dir, "conf")
-                self.queue = os.path.join(self.dir, "queue")
-                self.data = os.path.join(self.dir, "data")
-                self.maillog = os.path.join(self.dir, "maillog")
-                self.started = False
-                for d in (self.dir, self.conf, self.queue):
-                        os.makedirs(d, exist_ok=True)
-                        os.chmod(d, 0o755)
-                os.makedirs(self.data, exist_ok=True)
-                shutil.chown(self.data, MAIL_OWNER)
-                with open(os.path.join(self.conf, "transport"), "w") as f:
-                        for dom, dest in (transports or {}).items():
-                                f.write(f"{dom} {dest}\n")
-                main = {
-                        "compatibility_level": "3.6",
-                        "queue_directory": self.queue,
-                        "data_directory": self.data,
-                        "meta_directory": "/etc/postfix",
-                        "shlib_directory": "/usr/lib/postfix",
-                        "mail_owner": MAIL_OWNER,
-                        "setgid_group": "postdrop",
-                        "myhostname": "pf.test",
-                        "mydomain": "pf.test",
-                        "myorigin": "pf.test",
-                        # Nothing is delivered locally: every domain is relayed.
-                        "mydestination": "",
-                        "local_recipient_maps": "",
-                        "alias_maps": "",
-                        "alias_database": "",
-                        "inet_interfaces": "127.0.0.1",
-                        "inet_protocols": "ipv4",
-                        "mynetworks": "127.0.0.0/8",
-                        "relay_domains": " ".join(relay_domains),
-                        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
-                        "transport_maps": "texthash:" + os.path.join(self.conf, "transport"),
-                        "relayhost": f"[127.0.0.1]:{relayhost_port}",
-                        "smtp_dns_support_level": "disabled",
-                        # Postfix 3.4+ logs through postlogd into a file: no syslog here.
-                        "maillog_file": self.maillog,
-                        "maillog_file_prefixes": self.dir,
-                        "smtpd_tls_loglevel": "1",
-                        "smtpd_tls_received_header": "yes",
-                        "smtp_tls_loglevel": "1",
-                        "queue_run_delay": "1s",
-                        "minimal_backoff_time": "1s",
-                        "maximal_backoff_time": "2s",
-                        "biff": "no",
-                }
-                if cert:
-                        main.update({"smtpd_tls_security_level": "may",
-                                     "smtpd_tls_chain_files": f"{key}, {cert}"})
-                with open(os.path.join(self.conf, "main.cf"), "w") as f:
-                        for k, v in main.items():
-                                f.write(f"{k} = {v}\n")
-                with open(os.path.join(self.conf, "master.cf"), "w") as f:
-                        f.write(MASTER_CF.format(smtpd_listen=f"127.0.0.1:{port}"))
+        def __init__(self, ctx, port, relayhost_port, relay_domains=("mx.test",), transports=None,
+                     cert=None, key=None, chain=None):
+                why = postfix.available()
+                if why:
+                        raise Skip(why)
+                super().__init__(ctx.workdir, port, relayhost_port, relay_domains, key=key, cert=cert,
+                                 chain=chain, name=f"postfix-{port}", hostname="pf.test", transports=transports,
+                                 services=TLSGW_SERVICE, main_extra=TEST_MAIN)
                 ctx.cleanup(self.stop)
 
-        def _postfix(self, *args, timeout=60):
-                # Postfix reports command errors to syslog only; script(1)
-                # gives it a terminal so they also reach us on stderr.
-                cmd = [POSTFIX, "-c", self.conf] + list(args)
-                if shutil.which("script"):
-                        argv = ["script", "-qec", " ".join(cmd), "/dev/null"]
-                else:
-                        argv = cmd
-                r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                                   stdin=subprocess.DEVNULL)
-                return (r.returncode, r.stdout.decode("utf-8", "replace").replace("\r", ""))
-
         def start(self):
-                rc, out = self._postfix("check")
-                if rc != 0:
-                        raise Skip(f"postfix check failed: {out.strip()[-400:]}")
-                rc, out = self._postfix("start")
-                if rc != 0:
-                        raise Skip(f"postfix start failed: {out.strip()[-400:]} {self.log()[-400:]}")
-                self.started = True
-
-                def answering():
-                        try:
-                                with Smtp(self.port, timeout=2) as c:
-                                        return c.greeting[0] == 220
-                        except (OSError, Exception):  # noqa: BLE001 - any failure means not yet
-                                return False
-                if not wait_until(answering, POSTFIX_START_TIMEOUT, 0.2):
-                        raise Skip(f"Postfix smtpd did not answer on port {self.port}: {self.log()[-600:]}")
-
-        def log(self):
                 try:
-                        with open(self.maillog, errors="replace") as f:
-                                return f.read()
-                except OSError:
-                        return ""
+                        super().start()
+                except postfix.PostfixError as e:
+                        raise Skip(str(e))
 
         def wait_log(self, pattern, timeout=20.0):
                 rx = re.compile(pattern, re.M)
                 m = wait_until(lambda: rx.search(self.log()), timeout, 0.2)
                 check(m, f"no /{pattern}/ in the Postfix log", self.log()[-2000:])
                 return m
-
-        def master_pid(self):
-                try:
-                        with open(os.path.join(self.queue, "pid", "master.pid")) as f:
-                                return int(f.read().strip())
-                except (OSError, ValueError):
-                        return None
-
-        def stop(self):
-                if not self.started:
-                        return
-                self.started = False
-                pid = self.master_pid()
-                self._postfix("stop")
-                # "postfix stop" only signals the master; wait until it is gone
-                # so that its ports and queue are free for the next case.
-                if pid and not wait_until(lambda: not _alive(pid), 10):
-                        os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid):
-        try:
-                with open(f"/proc/{pid}/stat") as f:
-                        return f.read().split(")")[-1].split()[0] != "Z"
-        except OSError:
-                return False
 
 
 def free_ports(n):
@@ -257,14 +122,8 @@ def _(ctx):
 def outbound_to_postfix(ctx, leaf, key):
         ps = ctx.postfix_sink()
         pf_port = free_ports(1)[0]
-        certfile = os.path.join(ctx.workdir, f"pf-{os.path.basename(leaf)}")
-        tlspeer.cat(certfile, leaf, p("intermediate.pem"))
-        os.chmod(certfile, 0o644)
-        keyfile = os.path.join(ctx.workdir, f"pf-{os.path.basename(key)}")
-        shutil.copyfile(key, keyfile)
-        shutil.chown(keyfile, MAIL_OWNER)
-        os.chmod(keyfile, 0o600)
-        pf = Postfix(ctx, pf_port, relayhost_port=ps.port, relay_domains=("mx.test",), cert=certfile, key=keyfile)
+        pf = Postfix(ctx, pf_port, relayhost_port=ps.port, relay_domains=("mx.test",), cert=leaf, key=key,
+                     chain=p("intermediate.pem"))
         pf.start()
 
         def cfg(g):
